@@ -1,0 +1,473 @@
+//! Typed configuration: defaults in one place, one TOML file, `FERROCAST_<SECTION>__<KEY>`
+//! environment overrides, `--set section.key=value` CLI overrides, and a validation step whose
+//! errors name the key and the reason (the pingora way: plain structs, checked once at start).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A config error that names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+/// A duration written the human way in TOML ("5s", "24h", "250ms").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl Serialize for HumanDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(self.0).to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Seconds(u64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Text(s) => humantime::parse_duration(s.trim())
+                .map(HumanDuration)
+                .map_err(|e| serde::de::Error::custom(format!("bad duration {s:?}: {e}"))),
+            Raw::Seconds(n) => Ok(HumanDuration(Duration::from_secs(n))),
+        }
+    }
+}
+
+fn secs(n: u64) -> HumanDuration {
+    HumanDuration(Duration::from_secs(n))
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub node: NodeConfig,
+    pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub broker: BrokerConfig,
+    pub limits: LimitsConfig,
+    pub client: ClientConfig,
+    pub shutdown: ShutdownConfig,
+    pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// WebSocket (`/ws`) and server API (`/api/*`).
+    pub public: String,
+    /// Metrics and health checks; keep it off the public interface.
+    pub admin: String,
+    /// Shard threads; 0 = one per CPU.
+    pub shards: usize,
+    /// Listen backlog per shard listener (the kernel caps it at net.core.somaxconn).
+    pub backlog: u32,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        Self {
+            public: "0.0.0.0:8080".into(),
+            admin: "127.0.0.1:9090".into(),
+            shards: 0,
+            backlog: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name shown in `connected` and `/api/info`; empty = hostname-pid.
+    pub name: String,
+    /// Sockets this node is expected to hold; a warning is logged at start when the file limit
+    /// allows fewer. 0 = no target.
+    pub target_sockets: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token_secret: String,
+    pub timeout: HumanDuration,
+    pub proxy_url: String,
+    pub proxy_headers: Vec<String>,
+    pub proxy_timeout: HumanDuration,
+    /// PEM file with an RSA public key: RS256 tokens are accepted too.
+    pub rsa_public_key: String,
+    /// PEM file with an EC public key: ES256 tokens are accepted too.
+    pub ecdsa_public_key: String,
+    /// Allow a `connect` without any token, as an anonymous user.
+    pub allow_anonymous: bool,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_secret: "change-me".into(),
+            timeout: secs(5),
+            proxy_url: String::new(),
+            proxy_headers: Vec::new(),
+            proxy_timeout: secs(5),
+            rsa_public_key: String::new(),
+            ecdsa_public_key: String::new(),
+            allow_anonymous: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub key: String,
+    pub max_body_size: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            key: "change-me".into(),
+            max_body_size: 1 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub kind: String,
+    pub urls: Vec<String>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            kind: "memory".into(),
+            urls: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    pub max_message_size: usize,
+    pub outbound_queue_bytes: usize,
+    pub max_connections: usize,
+    pub max_subscriptions: usize,
+    pub commands_per_second: u32,
+    pub handshake_timeout: HumanDuration,
+    /// Handshakes in progress per shard; more are refused with 503 instead of queueing.
+    pub max_pending_handshakes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_size: 65536,
+            outbound_queue_bytes: 1 << 20,
+            max_connections: 0,
+            max_subscriptions: 256,
+            commands_per_second: 200,
+            handshake_timeout: secs(10),
+            max_pending_handshakes: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    pub ping_interval: HumanDuration,
+    pub pong_timeout: HumanDuration,
+    /// How long presence entries live unless the node holding the connection refreshes them.
+    pub presence_ttl: HumanDuration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: secs(25),
+            pong_timeout: secs(10),
+            presence_ttl: secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Sockets are closed with 4010 in batches spread over this many seconds.
+    pub drain_seconds: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { drain_seconds: 5 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceConfig {
+    /// Clients may publish.
+    pub publish: bool,
+    pub presence: bool,
+    pub join_leave: bool,
+    pub history_size: usize,
+    pub history_ttl: HumanDuration,
+    /// Anonymous users may subscribe.
+    pub anonymous: bool,
+    /// Only channels listed in the token's (or connect proxy's) `channels` may be subscribed.
+    pub private: bool,
+}
+
+impl Default for NamespaceConfig {
+    fn default() -> Self {
+        Self {
+            publish: false,
+            presence: false,
+            join_leave: false,
+            history_size: 0,
+            history_ttl: secs(0),
+            anonymous: false,
+            private: false,
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (if any), applies environment and CLI overrides, and validates.
+    pub fn load(path: Option<&str>, sets: &[String]) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(p) => std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_string(),
+                source,
+            })?,
+            None => String::new(),
+        };
+        let mut value: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError::Parse(format!("{}: {e}", path.unwrap_or("config"))))?;
+        for (k, v) in std::env::vars() {
+            if let Some(rest) = k.strip_prefix("FERROCAST_") {
+                let keys: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
+                if keys.len() >= 2 {
+                    set_path(&mut value, &keys, &v);
+                }
+            }
+        }
+        for s in sets {
+            let (k, v) = s
+                .split_once('=')
+                .ok_or_else(|| invalid(s, "expected section.key=value"))?;
+            let keys: Vec<String> = k.split('.').map(|s| s.trim().to_string()).collect();
+            set_path(&mut value, &keys, v);
+        }
+        let cfg: Config = Config::deserialize(toml::Value::Table(value))
+            .map_err(|e| ConfigError::Parse(e.to_string().trim().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen
+            .public
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("listen.public", e.to_string()))?;
+        self.listen
+            .admin
+            .parse::<SocketAddr>()
+            .map_err(|e| invalid("listen.admin", e.to_string()))?;
+        if self.listen.shards > 1024 {
+            return Err(invalid("listen.shards", "at most 1024"));
+        }
+        if self.auth.token_secret.is_empty()
+            && self.auth.rsa_public_key.is_empty()
+            && self.auth.ecdsa_public_key.is_empty()
+        {
+            return Err(invalid("auth.token_secret", "must not be empty"));
+        }
+        if self.auth.timeout.0.is_zero() {
+            return Err(invalid("auth.timeout", "must be positive"));
+        }
+        if !self.auth.proxy_url.is_empty() && !self.auth.proxy_url.starts_with("http://") {
+            return Err(invalid("auth.proxy_url", "must be an http:// URL"));
+        }
+        if self.api.key.is_empty() {
+            return Err(invalid("api.key", "must not be empty"));
+        }
+        match self.broker.kind.as_str() {
+            "memory" => {}
+            "redis" | "redis-cluster" => {
+                if self.broker.urls.is_empty() {
+                    return Err(invalid("broker.urls", "needs at least one redis:// URL"));
+                }
+                return Err(invalid(
+                    "broker.kind",
+                    format!("{:?} is not available in this build yet; use \"memory\"", self.broker.kind),
+                ));
+            }
+            other => {
+                return Err(invalid(
+                    "broker.kind",
+                    format!("unknown broker {other:?} (memory | redis | redis-cluster)"),
+                ))
+            }
+        }
+        if self.limits.max_message_size < 128 {
+            return Err(invalid("limits.max_message_size", "at least 128 bytes"));
+        }
+        if self.limits.max_message_size > 64 << 20 {
+            return Err(invalid("limits.max_message_size", "at most 64 MiB"));
+        }
+        if self.limits.outbound_queue_bytes < 4096 {
+            return Err(invalid("limits.outbound_queue_bytes", "at least 4096 bytes"));
+        }
+        if self.limits.commands_per_second == 0 {
+            return Err(invalid("limits.commands_per_second", "must be positive"));
+        }
+        if self.client.ping_interval.0 < Duration::from_secs(1) {
+            return Err(invalid("client.ping_interval", "at least 1s"));
+        }
+        if self.client.pong_timeout.0 < Duration::from_secs(1) {
+            return Err(invalid("client.pong_timeout", "at least 1s"));
+        }
+        if self.client.presence_ttl.0 < Duration::from_secs(3) {
+            return Err(invalid("client.presence_ttl", "at least 3s"));
+        }
+        if self.shutdown.drain_seconds > 3600 {
+            return Err(invalid("shutdown.drain_seconds", "at most 3600"));
+        }
+        for (name, ns) in &self.namespaces {
+            let valid = name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_-.@=,".contains(&b));
+            if !valid {
+                return Err(invalid(
+                    &format!("namespaces.{name}"),
+                    "namespace names use [A-Za-z0-9_-.@=,]",
+                ));
+            }
+            if ns.history_size > 0 && ns.history_ttl.0.is_zero() {
+                return Err(invalid(
+                    &format!("namespaces.{name}.history_ttl"),
+                    "must be positive when history_size > 0",
+                ));
+            }
+            if ns.history_size > 1_000_000 {
+                return Err(invalid(
+                    &format!("namespaces.{name}.history_size"),
+                    "at most 1000000",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn shard_count(&self) -> usize {
+        if self.listen.shards > 0 {
+            self.listen.shards
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// The effective config as TOML (for `config check`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_default()
+    }
+}
+
+/// Sets `keys` (a path of table names) in `table` to `raw`, parsed as a TOML value when it is one
+/// (numbers, booleans, arrays) and taken as a string otherwise.
+fn set_path(table: &mut toml::Table, keys: &[String], raw: &str) {
+    let (last, parents) = keys.split_last().expect("non-empty path");
+    let mut t = table;
+    for k in parents {
+        let entry = t
+            .entry(k.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        t = entry.as_table_mut().expect("table");
+    }
+    let parsed = format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    t.insert(last.clone(), parsed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn overrides_apply_and_parse_types() {
+        let cfg = Config::load(
+            None,
+            &[
+                "limits.max_message_size=1024".into(),
+                "auth.timeout=2s".into(),
+                "namespaces.room.publish=true".into(),
+                "listen.public=127.0.0.1:1".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.limits.max_message_size, 1024);
+        assert_eq!(cfg.auth.timeout.0, Duration::from_secs(2));
+        assert!(cfg.namespaces["room"].publish);
+        assert_eq!(cfg.listen.public, "127.0.0.1:1");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let err = Config::load(None, &["limits.max_message_size=3".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("limits.max_message_size"), "{err}");
+        let err = Config::load(None, &["listen.public=nope".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("listen.public"), "{err}");
+        let err = Config::load(None, &["auth.timeout=\"forever\"".into()]).unwrap_err();
+        assert!(err.to_string().contains("timeout"), "{err}");
+        let err = Config::load(None, &["listen.bogus=1".into()]).unwrap_err();
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn history_needs_ttl() {
+        let err = Config::load(None, &["namespaces.room.history_size=10".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("namespaces.room.history_ttl"), "{err}");
+    }
+}

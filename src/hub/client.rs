@@ -1,0 +1,410 @@
+//! Applying client commands: permissions, subscriptions with recovery, publish, presence,
+//! history. Each handler answers with exactly one reply (result or error) on the connection's
+//! outbound queue; the connection task flushes after the read's commands ran.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use serde_json::json;
+
+use super::shard::{clock, Shard};
+use crate::auth::Identity;
+use crate::broker::{BrokerError, PublishRequest, Published};
+use crate::config::NamespaceConfig;
+use crate::metrics::{count_error, metrics};
+use crate::node::Node;
+use crate::protocol::{reply, ChannelName, ClientError, CloseCode, Command, CommandKind, Position};
+use crate::ws::connection::connected_body;
+
+type Reply = Result<(), ClientError>;
+
+pub async fn handle(shard: &Rc<Shard>, key: usize, cmd: Command) {
+    metrics().client_commands.with_label_values(&[cmd.kind.name()]).inc();
+    let id = cmd.id;
+    if let Err(e) = rate_limit(shard, key) {
+        send_error(shard, key, id, &e);
+        return;
+    }
+    let authenticated = shard.state.borrow().conns[key].identity.is_some();
+    let outcome = match cmd.kind {
+        CommandKind::Connect { token } => connect(shard, key, id, token).await,
+        _ if !authenticated => Err(ClientError::Unauthorized),
+        CommandKind::Refresh { token } => refresh(shard, key, id, &token),
+        CommandKind::Subscribe { channel, recover } => subscribe(shard, key, id, &channel, recover).await,
+        CommandKind::Unsubscribe { channel } => unsubscribe(shard, key, id, &channel).await,
+        CommandKind::Publish { channel, data } => publish(shard, key, id, &channel, data).await,
+        CommandKind::Presence { channel } => presence(shard, key, id, &channel).await,
+        CommandKind::PresenceStats { channel } => presence_stats(shard, key, id, &channel).await,
+        CommandKind::History { channel, limit, since } => history(shard, key, id, &channel, limit, since).await,
+        CommandKind::Ping => {
+            send(shard, key, &reply::result(id, &json!({})));
+            Ok(())
+        }
+    };
+    if let Err(e) = outcome {
+        send_error(shard, key, id, &e);
+    }
+}
+
+fn send(shard: &Shard, key: usize, json: &[u8]) {
+    if let Some(conn) = shard.state.borrow_mut().conns.get_mut(key) {
+        conn.queue_text(json);
+    }
+}
+
+fn send_error(shard: &Shard, key: usize, id: Option<u64>, e: &ClientError) {
+    count_error(e.code());
+    send(shard, key, &reply::error(id, e));
+}
+
+fn close(shard: &Shard, key: usize, code: CloseCode) {
+    if let Some(conn) = shard.state.borrow_mut().conns.get_mut(key) {
+        conn.close(code);
+    }
+}
+
+/// A fixed one-second window per connection: over the limit → error 110; at twice the limit the
+/// client is not listening to its errors → close 4006.
+fn rate_limit(shard: &Shard, key: usize) -> Result<(), ClientError> {
+    let limit = shard.node.config.limits.commands_per_second;
+    let mut st = shard.state.borrow_mut();
+    let conn = &mut st.conns[key];
+    let now = clock();
+    if conn.window_start != now {
+        conn.window_start = now;
+        conn.window_count = 0;
+    }
+    conn.window_count += 1;
+    if conn.window_count > limit.saturating_mul(2) {
+        conn.close(CloseCode::TooManyRequests);
+        return Err(ClientError::TooManyRequests);
+    }
+    if conn.window_count > limit {
+        return Err(ClientError::TooManyRequests);
+    }
+    Ok(())
+}
+
+fn identity(shard: &Shard, key: usize) -> Result<Identity, ClientError> {
+    shard.state.borrow().conns[key]
+        .identity
+        .as_deref()
+        .cloned()
+        .ok_or(ClientError::Unauthorized)
+}
+
+fn client_name(shard: &Shard, key: usize) -> String {
+    shard.node.client_name(shard.state.borrow().conns[key].client)
+}
+
+/// Resolves a channel and its namespace, and checks that `identity` may subscribe to it.
+fn channel_for<'n>(
+    node: &'n Node,
+    identity: &Identity,
+    name: &str,
+) -> Result<(ChannelName, &'n NamespaceConfig), ClientError> {
+    let ch = ChannelName::parse(name)?;
+    let ns = node.namespace(&ch).ok_or(ClientError::UnknownChannel)?;
+    may_subscribe(identity, &ch, ns)?;
+    Ok((ch, ns))
+}
+
+/// The subscribe permission: the token's `channels` claim grants any channel; `user:<id>` is only
+/// for user `<id>`; private namespaces need the claim; anonymous users need `anonymous = true`.
+pub fn may_subscribe(identity: &Identity, ch: &ChannelName, ns: &NamespaceConfig) -> Result<(), ClientError> {
+    if identity.channels.contains(ch) {
+        return Ok(());
+    }
+    if let Some(owner) = ch.personal_user() {
+        return if !identity.is_anonymous() && owner == &*identity.user {
+            Ok(())
+        } else {
+            Err(ClientError::PermissionDenied)
+        };
+    }
+    if ns.private || (identity.is_anonymous() && !ns.anonymous) {
+        return Err(ClientError::PermissionDenied);
+    }
+    Ok(())
+}
+
+async fn connect(shard: &Rc<Shard>, key: usize, id: Option<u64>, token: Option<String>) -> Reply {
+    if shard.state.borrow().conns[key].identity.is_some() {
+        return Err(ClientError::BadRequest("already connected"));
+    }
+    let verified = match token {
+        Some(t) => shard.node.verifier.verify(&t),
+        None if shard.node.config.auth.allow_anonymous => Ok(Identity::anonymous()),
+        None => Err(crate::auth::AuthError::Invalid),
+    };
+    match verified {
+        Ok(identity) => {
+            let mut st = shard.state.borrow_mut();
+            let conn = &mut st.conns[key];
+            conn.identity = Some(Box::new(identity));
+            let body = connected_body(shard, conn);
+            conn.queue_text(&reply::result(id, &body));
+            conn.queue_text(&serde_json::to_vec(&json!({ "connected": body })).expect("json"));
+            Ok(())
+        }
+        Err(e) => {
+            metrics().handshake_failures.with_label_values(&["auth"]).inc();
+            send_error(shard, key, id, &e.client_error());
+            close(shard, key, e.close_code());
+            Ok(())
+        }
+    }
+}
+
+fn refresh(shard: &Shard, key: usize, id: Option<u64>, token: &str) -> Reply {
+    let fresh = shard.node.verifier.verify(token).map_err(|e| e.client_error())?;
+    let mut st = shard.state.borrow_mut();
+    let conn = &mut st.conns[key];
+    let current = conn.identity.as_mut().ok_or(ClientError::Unauthorized)?;
+    if current.user != fresh.user {
+        return Err(ClientError::PermissionDenied);
+    }
+    **current = fresh;
+    let exp = current.expires_at;
+    conn.queue_text(&reply::result(id, &json!({ "expires_at": exp })));
+    Ok(())
+}
+
+async fn subscribe(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, recover: Option<Position>) -> Reply {
+    let me = identity(shard, key)?;
+    let (ch, ns) = channel_for(&shard.node, &me, name)?;
+    let k = key as u32;
+    let new_on_shard = {
+        let mut st = shard.state.borrow_mut();
+        let conn = &mut st.conns[key];
+        if conn.subs.contains(&ch) {
+            return Err(ClientError::AlreadySubscribed);
+        }
+        if conn.subs.len() >= shard.node.config.limits.max_subscriptions {
+            return Err(ClientError::LimitExceeded);
+        }
+        conn.subs.push(ch.clone());
+        st.add_recovering(&ch, k)
+    };
+    let abort = |e: ClientError| {
+        let mut st = shard.state.borrow_mut();
+        if let Some(conn) = st.conns.get_mut(key) {
+            conn.subs.retain(|c| c != &ch);
+        }
+        let emptied = st.abort_subscribe(&ch, k);
+        (e, emptied)
+    };
+    if new_on_shard {
+        if let Err(e) = shard.node.add_interest(&ch).await {
+            let (e, _) = abort(e.client_error());
+            return Err(e);
+        }
+    }
+    let options = Node::channel_options(ns);
+    let broker = &shard.node.broker;
+    let (position, recovered, publications) = match &recover {
+        Some(pos) => match broker.history(&ch, options, Some(pos), None).await {
+            Ok(h) => (h.position, true, h.publications),
+            Err(BrokerError::Unrecoverable { position }) => (position, false, Vec::new()),
+            Err(e) => {
+                let (e, emptied) = abort(e.client_error());
+                if emptied {
+                    shard.node.remove_interest(&ch).await;
+                }
+                return Err(e);
+            }
+        },
+        None => match broker.history(&ch, options, None, Some(0)).await {
+            Ok(h) => (h.position, false, Vec::new()),
+            Err(e) => {
+                let (e, emptied) = abort(e.client_error());
+                if emptied {
+                    shard.node.remove_interest(&ch).await;
+                }
+                return Err(e);
+            }
+        },
+    };
+    let body = if recover.is_some() {
+        let pubs = reply::publications_array(
+            publications
+                .iter()
+                .map(|p| (p.offset, &p.data[..], p.info.as_deref())),
+        );
+        json!({
+            "offset": position.offset,
+            "epoch": &*position.epoch,
+            "recovered": recovered,
+            "publications": pubs,
+        })
+    } else {
+        json!({"offset": position.offset, "epoch": &*position.epoch})
+    };
+    {
+        let mut st = shard.state.borrow_mut();
+        let Some(conn) = st.conns.get_mut(key) else { return Ok(()) };
+        conn.queue_text(&reply::result(id, &body));
+        // Publications that arrived while we read history follow the reply, minus those the
+        // history already held.
+        let after = publications.last().map_or(position.offset, |p| p.offset.max(position.offset));
+        st.activate(&ch, k, after);
+    }
+    shard.after_join(&ch, &client_name(shard, key), &me).await;
+    Ok(())
+}
+
+async fn unsubscribe(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str) -> Reply {
+    let ch = ChannelName::parse(name)?;
+    let (was, emptied, me) = {
+        let mut st = shard.state.borrow_mut();
+        let conn = &mut st.conns[key];
+        let me = conn.identity.clone();
+        match conn.subs.iter().position(|c| c == &ch) {
+            Some(i) => {
+                conn.subs.swap_remove(i);
+                let emptied = st.abort_subscribe(&ch, key as u32);
+                (true, emptied, me)
+            }
+            None => (false, false, me),
+        }
+    };
+    // Unsubscribing from a channel one is not in is not an error: the goal state holds.
+    send(shard, key, &reply::result(id, &json!({})));
+    if was {
+        shard.after_leave(&ch, &client_name(shard, key), me.as_deref()).await;
+    }
+    if emptied {
+        shard.node.remove_interest(&ch).await;
+    }
+    Ok(())
+}
+
+async fn publish(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, data: Bytes) -> Reply {
+    let me = identity(shard, key)?;
+    let (ch, ns) = channel_for(&shard.node, &me, name)?;
+    if !ns.publish {
+        return Err(ClientError::PermissionDenied);
+    }
+    let info = serde_json::to_vec(&json!({ "user": &*me.user })).expect("json");
+    let req = PublishRequest {
+        channel: ch,
+        data,
+        info: Some(Bytes::from(info)),
+        options: Node::channel_options(ns),
+        idempotency_key: None,
+    };
+    match shard.node.broker.publish(req).await.map_err(|e| e.client_error())? {
+        Published::Now(p) => {
+            metrics().publications.with_label_values(&["client"]).inc();
+            send(shard, key, &reply::result(id, &json!({"offset": p.offset, "epoch": &*p.epoch})));
+            Ok(())
+        }
+        Published::Scheduled(_) => Err(ClientError::Internal),
+    }
+}
+
+async fn presence(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str) -> Reply {
+    let me = identity(shard, key)?;
+    let (ch, ns) = channel_for(&shard.node, &me, name)?;
+    if !ns.presence {
+        return Err(ClientError::NotAvailable);
+    }
+    let entries = shard.node.broker.presence(&ch).await.map_err(|e| e.client_error())?;
+    send(shard, key, &reply::result(id, &json!({ "clients": presence_map(&entries) })));
+    Ok(())
+}
+
+/// `{client: {"user": …, "info": …}}`
+pub fn presence_map(entries: &[crate::broker::PresenceEntry]) -> serde_json::Map<String, serde_json::Value> {
+    entries
+        .iter()
+        .map(|e| {
+            let mut v = json!({ "user": e.user });
+            if let Some(info) = &e.info {
+                v["info"] = serde_json::from_slice(info).unwrap_or(serde_json::Value::Null);
+            }
+            (e.client.clone(), v)
+        })
+        .collect()
+}
+
+async fn presence_stats(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str) -> Reply {
+    let me = identity(shard, key)?;
+    let (ch, ns) = channel_for(&shard.node, &me, name)?;
+    if !ns.presence {
+        return Err(ClientError::NotAvailable);
+    }
+    let (clients, users) = shard.node.broker.presence_stats(&ch).await.map_err(|e| e.client_error())?;
+    send(shard, key, &reply::result(id, &json!({"clients": clients, "users": users})));
+    Ok(())
+}
+
+async fn history(
+    shard: &Rc<Shard>,
+    key: usize,
+    id: Option<u64>,
+    name: &str,
+    limit: Option<usize>,
+    since: Option<Position>,
+) -> Reply {
+    let me = identity(shard, key)?;
+    let (ch, ns) = channel_for(&shard.node, &me, name)?;
+    if ns.history_size == 0 {
+        return Err(ClientError::NotAvailable);
+    }
+    let h = shard
+        .node
+        .broker
+        .history(&ch, Node::channel_options(ns), since.as_ref(), limit)
+        .await
+        .map_err(|e| e.client_error())?;
+    let pubs = reply::publications_array(h.publications.iter().map(|p| (p.offset, &p.data[..], p.info.as_deref())));
+    send(
+        shard,
+        key,
+        &reply::result(
+            id,
+            &json!({"publications": pubs, "offset": h.position.offset, "epoch": &*h.position.epoch}),
+        ),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn ident(user: &str, channels: &[&str]) -> Identity {
+        Identity {
+            user: Arc::from(user),
+            channels: channels.iter().map(|c| ChannelName::parse(c).unwrap()).collect(),
+            info: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn personal_channels_belong_to_their_user() {
+        let ns = NamespaceConfig::default();
+        let ch = ChannelName::parse("user:17").unwrap();
+        assert!(may_subscribe(&ident("17", &[]), &ch, &ns).is_ok());
+        assert_eq!(may_subscribe(&ident("18", &[]), &ch, &ns), Err(ClientError::PermissionDenied));
+        assert_eq!(may_subscribe(&ident("", &[]), &ch, &ns), Err(ClientError::PermissionDenied));
+        // The claim can grant someone else's personal channel (a librarian's console).
+        assert!(may_subscribe(&ident("1", &["user:17"]), &ch, &ns).is_ok());
+    }
+
+    #[test]
+    fn anonymous_and_private() {
+        let ch = ChannelName::parse("room:1").unwrap();
+        let open = NamespaceConfig::default();
+        assert!(may_subscribe(&ident("1", &[]), &ch, &open).is_ok());
+        assert!(may_subscribe(&ident("", &[]), &ch, &open).is_err());
+        let anon = NamespaceConfig { anonymous: true, ..Default::default() };
+        assert!(may_subscribe(&ident("", &[]), &ch, &anon).is_ok());
+        let private = NamespaceConfig { private: true, ..Default::default() };
+        assert!(may_subscribe(&ident("1", &[]), &ch, &private).is_err());
+        assert!(may_subscribe(&ident("1", &["room:1"]), &ch, &private).is_ok());
+    }
+}

@@ -1,0 +1,86 @@
+//! The hub: the node's shards and the hand-off of publications to them.
+//!
+//! A publication is serialized once per node; the hub gives each shard a reference to it through
+//! the shard's inbox (tokio's unbounded MPSC: a lock-free linked list of slot blocks, so producers
+//! on any thread never take a lock). Each shard then frames it once into its own buffer and fans
+//! it out to its local subscribers — see `shard.rs`.
+
+pub mod client;
+pub mod shard;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::broker::Control;
+use crate::protocol::ChannelName;
+
+/// One publication (or join/leave push) as it crosses from the broker to the shards.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: ChannelName,
+    /// Stream offset; 0 for pushes that are not part of the stream (join/leave).
+    pub offset: u64,
+    /// The JSON text of the server frame.
+    pub payload: Bytes,
+    /// When the publication was accepted (unix µs), for the delivery latency histogram.
+    pub published_at_us: u64,
+}
+
+pub enum ShardMsg {
+    Deliver(Arc<Delivery>),
+    Control(Control),
+    /// Stop accepting and close every socket with 4010, spread over `drain_seconds`; answer when
+    /// the shard is empty.
+    Drain(oneshot::Sender<()>),
+}
+
+pub struct Hub {
+    shards: Vec<mpsc::UnboundedSender<ShardMsg>>,
+}
+
+impl Hub {
+    /// A hub for `n` shards, and the inbox each shard thread will drain.
+    pub fn new(n: usize) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<ShardMsg>>) {
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+        (Arc::new(Hub { shards: txs }), rxs)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Hands a publication to every shard; each shard ignores channels it has no subscriber for.
+    pub fn deliver(&self, channel: &ChannelName, offset: u64, payload: Bytes, published_at_us: u64) {
+        let d = Arc::new(Delivery {
+            channel: channel.clone(),
+            offset,
+            payload,
+            published_at_us,
+        });
+        for tx in &self.shards {
+            let _ = tx.send(ShardMsg::Deliver(d.clone()));
+        }
+    }
+
+    pub fn control(&self, msg: Control) {
+        for tx in &self.shards {
+            let _ = tx.send(ShardMsg::Control(msg.clone()));
+        }
+    }
+
+    /// Starts the drain on every shard; resolves when all are empty.
+    pub async fn drain(&self) {
+        let mut waits = Vec::new();
+        for tx in &self.shards {
+            let (done, wait) = oneshot::channel();
+            if tx.send(ShardMsg::Drain(done)).is_ok() {
+                waits.push(wait);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
+    }
+}

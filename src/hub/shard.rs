@@ -1,0 +1,571 @@
+//! A `Shard`: one thread, one current-thread runtime, and everything its connections need as
+//! plain shard-local data — the connection slab, the channel → subscribers table, the dirty list
+//! for corked flushes. Nothing here is shared with other threads, so the per-message path takes
+//! no lock: publications arrive through the inbox, are framed once for the shard, queued by
+//! reference on each subscriber, and flushed with one `writev` per connection per batch.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use slab::Slab;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Delivery, ShardMsg};
+use crate::auth::Identity;
+use crate::broker::{Control, PresenceEntry};
+use crate::metrics::{count_error, metrics};
+use crate::node::Node;
+use crate::protocol::{reply, ChannelName, CloseCode};
+use crate::ws::connection::{self, Connection};
+use crate::ws::frame;
+use crate::ws::outbound::Flushed;
+
+/// Seconds since the process started: a coarse clock for timeouts (a u32 keeps `Connection`
+/// small; it lasts 136 years).
+pub fn clock() -> u32 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_secs() as u32
+}
+
+/// Publications handled per inbox wake-up before flushing: bounds latency under a flood while
+/// still letting many publications share one write per socket.
+const BATCH: usize = 256;
+
+/// A channel's local subscribers.
+#[derive(Default)]
+pub struct ChannelSubs {
+    /// Connections receiving live publications.
+    pub subscribers: Vec<u32>,
+    /// Connections between "subscribe" and "reply sent": live publications are held here so they
+    /// can follow the recovered history without gap or duplicate.
+    pub recovering: Vec<(u32, Vec<(u64, Bytes)>)>,
+}
+
+pub struct ShardState {
+    pub conns: Slab<Connection>,
+    pub channels: HashMap<ChannelName, ChannelSubs>,
+    dirty: Vec<u32>,
+    subscriptions: usize,
+    /// Deliveries and bytes not yet added to the shared counters.
+    deliveries: u64,
+    bytes_out: u64,
+}
+
+pub struct Shard {
+    pub index: usize,
+    pub node: Arc<Node>,
+    pub state: RefCell<ShardState>,
+    /// The read buffer every connection of the shard shares (see ws::connection).
+    pub scratch: RefCell<Vec<u8>>,
+    pub draining: Cell<bool>,
+    /// Wakes the accept loop when the drain starts.
+    pub drain_started: tokio::sync::Notify,
+    label: String,
+}
+
+impl Shard {
+    pub fn new(index: usize, node: Arc<Node>) -> Rc<Shard> {
+        // Room for a whole split frame of the largest allowed size plus a 64 KiB read.
+        let scratch = vec![0u8; node.config.limits.max_message_size + 14 + 64 * 1024];
+        Rc::new(Shard {
+            index,
+            node,
+            state: RefCell::new(ShardState {
+                conns: Slab::new(),
+                channels: HashMap::new(),
+                dirty: Vec::new(),
+                subscriptions: 0,
+                deliveries: 0,
+                bytes_out: 0,
+            }),
+            scratch: RefCell::new(scratch),
+            draining: Cell::new(false),
+            drain_started: tokio::sync::Notify::new(),
+            label: index.to_string(),
+        })
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Adopts an upgraded socket and starts its task. `read_ahead` = bytes hyper read past the
+    /// handshake (a client may send its first frame right behind the upgrade request).
+    pub fn register(
+        self: &Rc<Self>,
+        stream: TcpStream,
+        read_ahead: Bytes,
+        identity: Option<Identity>,
+        close_with: Option<CloseCode>,
+    ) -> usize {
+        let cfg = &self.node.config;
+        let deadline = clock() + cfg.auth.timeout.0.as_secs().max(1) as u32;
+        let client = self.node.next_client_id();
+        let key = {
+            let mut st = self.state.borrow_mut();
+            let mut conn = Connection::new(Rc::new(stream), client, deadline);
+            conn.partial = read_ahead.to_vec();
+            let authenticated = identity.is_some();
+            conn.identity = identity.map(Box::new);
+            if let Some(code) = close_with {
+                conn.closing = Some(code);
+            } else if authenticated {
+                let body = serde_json::json!({"connected": connection::connected_body(self, &conn)});
+                conn.queue_text(&serde_json::to_vec(&body).expect("json"));
+            }
+            st.conns.insert(conn)
+        };
+        self.node.connections.fetch_add(1, Ordering::Relaxed);
+        let m = metrics();
+        m.connects.inc();
+        m.sockets.with_label_values(&[&self.label]).inc();
+        self.flush(key);
+        tokio::task::spawn_local(connection::run(self.clone(), key));
+        key
+    }
+
+    /// Writes what the connection has queued. Returns true when the queue is empty.
+    pub fn flush(&self, key: usize) -> bool {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let Some(conn) = st.conns.get_mut(key) else { return true };
+        if conn.blocked {
+            return false;
+        }
+        let stream = conn.stream.clone();
+        match conn.out.flush_with(|slices| stream.try_write_vectored(slices)) {
+            Ok((n, Flushed::All)) => {
+                st.bytes_out += n as u64;
+                true
+            }
+            Ok((n, Flushed::Blocked)) => {
+                st.bytes_out += n as u64;
+                conn.blocked = true;
+                conn.wake();
+                false
+            }
+            Err(_) => {
+                // The peer is gone; nothing more can be written.
+                conn.out.clear();
+                conn.close(CloseCode::Gone);
+                true
+            }
+        }
+    }
+
+    /// Takes a connection out of the shard and releases its subscriptions everywhere.
+    pub async fn remove_connection(self: &Rc<Self>, key: usize) {
+        let (conn, emptied) = {
+            let mut st = self.state.borrow_mut();
+            let conn = st.conns.remove(key);
+            let mut emptied = Vec::new();
+            for ch in &conn.subs {
+                if st.remove_subscriber(ch, key as u32) {
+                    emptied.push(ch.clone());
+                }
+            }
+            st.subscriptions -= conn.subs.len();
+            (conn, emptied)
+        };
+        self.node.connections.fetch_sub(1, Ordering::Relaxed);
+        metrics().sockets.with_label_values(&[&self.label]).dec();
+        let client = self.node.client_name(conn.client);
+        for ch in &conn.subs {
+            self.after_leave(ch, &client, conn.identity.as_deref()).await;
+        }
+        for ch in emptied {
+            self.node.remove_interest(&ch).await;
+        }
+        let _ = conn.stream; // dropping the last Rc closes the socket
+    }
+
+    /// Presence removal and the leave push for a subscription that ended.
+    pub async fn after_leave(&self, ch: &ChannelName, client: &str, identity: Option<&Identity>) {
+        let Some(ns) = self.node.namespace(ch) else { return };
+        if ns.presence {
+            if let Err(e) = self.node.broker.presence_remove(ch, client).await {
+                tracing::warn!(channel = %ch, error = %e, "presence remove failed");
+            }
+        }
+        if ns.join_leave {
+            let user = identity.map(|i| i.user.to_string()).unwrap_or_default();
+            let push = reply::channel_push(ch, "leave", &serde_json::json!({"user": user, "client": client}));
+            let _ = self.node.broker.publish_control(ch, Bytes::from(push)).await;
+        }
+    }
+
+    /// Presence entry and join push for a new subscription.
+    pub async fn after_join(&self, ch: &ChannelName, client: &str, identity: &Identity) {
+        let Some(ns) = self.node.namespace(ch) else { return };
+        if ns.presence {
+            let entry = PresenceEntry {
+                client: client.to_string(),
+                user: identity.user.to_string(),
+                info: identity.info.clone(),
+            };
+            let ttl = self.node.config.client.presence_ttl.0;
+            if let Err(e) = self.node.broker.presence_add(ch, entry, ttl).await {
+                tracing::warn!(channel = %ch, error = %e, "presence add failed");
+            }
+        }
+        if ns.join_leave {
+            let push = reply::channel_push(
+                ch,
+                "join",
+                &serde_json::json!({"user": &*identity.user, "client": client}),
+            );
+            let _ = self.node.broker.publish_control(ch, Bytes::from(push)).await;
+        }
+    }
+
+    /// Drains the inbox: deliveries are fanned out in batches, each batch ending with one flush
+    /// per touched connection.
+    pub async fn run_inbox(self: Rc<Self>, mut rx: mpsc::UnboundedReceiver<ShardMsg>) {
+        let mut batch: Vec<ShardMsg> = Vec::with_capacity(BATCH);
+        let mut published: Vec<u64> = Vec::with_capacity(BATCH);
+        loop {
+            if rx.recv_many(&mut batch, BATCH).await == 0 {
+                return;
+            }
+            for msg in batch.drain(..) {
+                match msg {
+                    ShardMsg::Deliver(d) => {
+                        if self.state.borrow_mut().fan_out(&d, self.node.config.limits.outbound_queue_bytes) {
+                            published.push(d.published_at_us);
+                        }
+                    }
+                    ShardMsg::Control(c) => self.apply_control(c),
+                    ShardMsg::Drain(done) => {
+                        tokio::task::spawn_local(self.clone().drain(done));
+                    }
+                }
+            }
+            self.flush_dirty();
+            if !published.is_empty() {
+                let now = crate::broker::memory::unix_micros();
+                let h = &metrics().delivery_latency;
+                for at in published.drain(..) {
+                    h.observe(now.saturating_sub(at) as f64 / 1e6);
+                }
+            }
+        }
+    }
+
+    fn flush_dirty(&self) {
+        let dirty = std::mem::take(&mut self.state.borrow_mut().dirty);
+        for &key in &dirty {
+            if let Some(c) = self.state.borrow_mut().conns.get_mut(key as usize) {
+                c.dirty = false;
+            }
+            self.flush(key as usize);
+        }
+        let mut st = self.state.borrow_mut();
+        if st.dirty.is_empty() {
+            // Keep the allocation for the next batch.
+            st.dirty = dirty;
+            st.dirty.clear();
+        }
+    }
+
+    fn apply_control(&self, c: Control) {
+        let mut st = self.state.borrow_mut();
+        match c {
+            Control::DisconnectUser { user, code, reason: _ } => {
+                let code = close_code_from(code);
+                for (_, conn) in st.conns.iter_mut() {
+                    if conn.identity.as_ref().is_some_and(|i| *i.user == *user) {
+                        conn.close(code);
+                    }
+                }
+            }
+            Control::UnsubscribeUser { user, channel } => {
+                let keys: Vec<usize> = st
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.identity.as_ref().is_some_and(|i| *i.user == *user) && c.subs.contains(&channel))
+                    .map(|(k, _)| k)
+                    .collect();
+                drop(st);
+                for key in keys {
+                    self.server_unsubscribe(key, &channel);
+                }
+            }
+        }
+    }
+
+    /// Unsubscribes a connection on the server's initiative and tells the client.
+    fn server_unsubscribe(&self, key: usize, channel: &ChannelName) {
+        let emptied = {
+            let mut st = self.state.borrow_mut();
+            let st = &mut *st;
+            let Some(conn) = st.conns.get_mut(key) else { return };
+            let Some(i) = conn.subs.iter().position(|c| c == channel) else { return };
+            conn.subs.swap_remove(i);
+            conn.queue_text(&reply::channel_push(channel, "unsubscribe", &serde_json::json!({})));
+            st.subscriptions -= 1;
+            st.remove_subscriber(channel, key as u32)
+        };
+        self.flush(key);
+        let (client, identity) = {
+            let st = self.state.borrow();
+            let conn = &st.conns[key];
+            (self.node.client_name(conn.client), conn.identity.clone())
+        };
+        let node = self.node.clone();
+        let channel = channel.clone();
+        tokio::task::spawn_local(async move {
+            if let Some(ns) = node.namespace(&channel) {
+                if ns.presence {
+                    let _ = node.broker.presence_remove(&channel, &client).await;
+                }
+                if ns.join_leave {
+                    let user = identity.map(|i| i.user.to_string()).unwrap_or_default();
+                    let push =
+                        reply::channel_push(&channel, "leave", &serde_json::json!({"user": user, "client": client}));
+                    let _ = node.broker.publish_control(&channel, Bytes::from(push)).await;
+                }
+            }
+            if emptied {
+                node.remove_interest(&channel).await;
+            }
+        });
+    }
+
+    /// Once a second: auth deadlines, token expiry, pings and pong deadlines, presence refresh,
+    /// gauges.
+    pub async fn run_ticker(self: Rc<Self>) {
+        let cfg = &self.node.config;
+        let ping_every = cfg.client.ping_interval.0.as_secs().max(1) as u32;
+        let pong_timeout = cfg.client.pong_timeout.0.as_secs().max(1) as u32;
+        let presence_ttl = cfg.client.presence_ttl.0;
+        let refresh_every = (presence_ttl.as_secs() / 3).max(1) as u32;
+        let ping = frame::encode(frame::OP_PING, b"");
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = clock();
+            let unix = crate::auth::now_unix();
+            let refresh_presence = now % refresh_every == 0;
+            let mut presence: Vec<(ChannelName, PresenceEntry)> = Vec::new();
+            let mut to_flush = Vec::new();
+            {
+                let mut st = self.state.borrow_mut();
+                for (key, conn) in st.conns.iter_mut() {
+                    if conn.closing.is_some() {
+                        continue;
+                    }
+                    let Some(identity) = conn.identity.as_ref() else {
+                        if now >= conn.auth_deadline {
+                            conn.close(CloseCode::AuthTimeout);
+                        }
+                        continue;
+                    };
+                    if identity.expires_at.is_some_and(|exp| exp <= unix) {
+                        count_error(109);
+                        conn.close(CloseCode::TokenExpired);
+                        continue;
+                    }
+                    match conn.ping_sent {
+                        Some(at) if now.saturating_sub(at) >= pong_timeout => {
+                            conn.close(CloseCode::ServerClose);
+                            continue;
+                        }
+                        None if now.saturating_sub(conn.last_seen) >= ping_every => {
+                            conn.out.push(ping.clone());
+                            conn.ping_sent = Some(now);
+                            to_flush.push(key);
+                        }
+                        _ => {}
+                    }
+                    if refresh_presence {
+                        for ch in &conn.subs {
+                            if self.node.namespace(ch).is_some_and(|ns| ns.presence) {
+                                presence.push((
+                                    ch.clone(),
+                                    PresenceEntry {
+                                        client: self.node.client_name(conn.client),
+                                        user: identity.user.to_string(),
+                                        info: identity.info.clone(),
+                                    },
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            for key in to_flush {
+                self.flush(key);
+            }
+            self.update_gauges();
+            if !presence.is_empty() {
+                let node = self.node.clone();
+                tokio::task::spawn_local(async move {
+                    for (ch, entry) in presence {
+                        let _ = node.broker.presence_add(&ch, entry, presence_ttl).await;
+                    }
+                });
+            }
+        }
+    }
+
+    fn update_gauges(&self) {
+        let m = metrics();
+        let mut st = self.state.borrow_mut();
+        m.deliveries.inc_by(std::mem::take(&mut st.deliveries));
+        m.bytes_out.inc_by(std::mem::take(&mut st.bytes_out));
+        m.subscriptions.with_label_values(&[&self.label]).set(st.subscriptions as i64);
+        m.channels.with_label_values(&[&self.label]).set(st.channels.len() as i64);
+        let queued: usize = st.conns.iter().map(|(_, c)| c.out.bytes()).sum();
+        m.outbound_queue_bytes.with_label_values(&[&self.label]).set(queued as i64);
+    }
+
+    /// Closes every connection with 4010 in batches spread over `shutdown.drain_seconds`, so a
+    /// fleet behind nginx rebalances without a reconnect storm.
+    async fn drain(self: Rc<Self>, done: oneshot::Sender<()>) {
+        self.draining.set(true);
+        self.drain_started.notify_waiters();
+        let keys: Vec<usize> = self.state.borrow().conns.iter().map(|(k, _)| k).collect();
+        let secs = self.node.config.shutdown.drain_seconds;
+        let steps = (secs * 10).max(1) as usize;
+        let per_step = keys.len().div_ceil(steps).max(1);
+        for (i, chunk) in keys.chunks(per_step).enumerate() {
+            {
+                let mut st = self.state.borrow_mut();
+                for &k in chunk {
+                    if let Some(c) = st.conns.get_mut(k) {
+                        c.close(CloseCode::Shutdown);
+                    }
+                }
+            }
+            if i + 1 < keys.len().div_ceil(per_step) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // Late arrivals (upgrades in flight) get the same treatment until the shard is empty.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            {
+                let mut st = self.state.borrow_mut();
+                for (_, c) in st.conns.iter_mut() {
+                    c.close(CloseCode::Shutdown);
+                }
+                if st.conns.is_empty() || Instant::now() > deadline {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.update_gauges();
+        let _ = done.send(());
+    }
+}
+
+fn close_code_from(code: u16) -> CloseCode {
+    match code {
+        4001 => CloseCode::AuthTimeout,
+        4003 => CloseCode::Forbidden,
+        4004 => CloseCode::BadRequest,
+        4005 => CloseCode::SlowConsumer,
+        4006 => CloseCode::TooManyRequests,
+        4008 => CloseCode::ConnectionLimit,
+        4009 => CloseCode::MessageTooBig,
+        4010 => CloseCode::Shutdown,
+        4011 => CloseCode::TokenExpired,
+        _ => CloseCode::ServerClose,
+    }
+}
+
+impl ShardState {
+    /// Queues one publication on every local subscriber. Returns whether anyone here listens.
+    ///
+    /// The frame is copied once into a shard-owned buffer so the per-subscriber reference count
+    /// increments stay on this core's cache line.
+    pub fn fan_out(&mut self, d: &Delivery, limit: usize) -> bool {
+        let Some(subs) = self.channels.get_mut(&d.channel) else { return false };
+        let frame = frame::text(&d.payload);
+        let len = frame.len();
+        let mut n = 0u64;
+        for &key in &subs.subscribers {
+            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            if conn.closing.is_some() {
+                continue;
+            }
+            if conn.out.bytes() + len > limit {
+                metrics().slow_consumer_closes.inc();
+                conn.close(CloseCode::SlowConsumer);
+                continue;
+            }
+            conn.out.push(frame.clone());
+            n += 1;
+            if !conn.dirty {
+                conn.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+        for (_, held) in subs.recovering.iter_mut() {
+            held.push((d.offset, frame.clone()));
+        }
+        self.deliveries += n;
+        true
+    }
+
+    /// Registers `key` as subscribing to `ch` (held in "recovering" until activated).
+    /// Returns true when the channel is new on this shard.
+    pub fn add_recovering(&mut self, ch: &ChannelName, key: u32) -> bool {
+        let mut new = false;
+        let subs = self.channels.entry(ch.clone()).or_insert_with(|| {
+            new = true;
+            ChannelSubs::default()
+        });
+        subs.recovering.push((key, Vec::new()));
+        self.subscriptions += 1;
+        new
+    }
+
+    /// Moves `key` from recovering to live, queueing the publications held meanwhile that come
+    /// after `after` (and every push without an offset).
+    pub fn activate(&mut self, ch: &ChannelName, key: u32, after: u64) {
+        let Some(subs) = self.channels.get_mut(ch) else { return };
+        let Some(i) = subs.recovering.iter().position(|(k, _)| *k == key) else { return };
+        let (_, held) = subs.recovering.swap_remove(i);
+        subs.subscribers.push(key);
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            for (offset, frame) in held {
+                if offset == 0 || offset > after {
+                    conn.out.push(frame);
+                }
+            }
+        }
+    }
+
+    /// Removes `key` from `ch`'s local subscribers. Returns true when the channel has no local
+    /// subscriber left.
+    pub fn remove_subscriber(&mut self, ch: &ChannelName, key: u32) -> bool {
+        let Some(subs) = self.channels.get_mut(ch) else { return false };
+        if let Some(i) = subs.subscribers.iter().position(|k| *k == key) {
+            subs.subscribers.swap_remove(i);
+        } else if let Some(i) = subs.recovering.iter().position(|(k, _)| *k == key) {
+            subs.recovering.swap_remove(i);
+        }
+        if subs.subscribers.is_empty() && subs.recovering.is_empty() {
+            self.channels.remove(ch);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Undo of `add_recovering` for a subscribe that failed; returns true when the channel is
+    /// gone from the shard.
+    pub fn abort_subscribe(&mut self, ch: &ChannelName, key: u32) -> bool {
+        self.subscriptions -= 1;
+        self.remove_subscriber(ch, key)
+    }
+}

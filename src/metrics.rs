@@ -1,0 +1,197 @@
+//! Prometheus metrics, all named `ferrocast_*` (docs/metrics.md). Label sets are bounded: shard
+//! numbers, close and error codes, routes, reasons — never a channel or user name.
+//!
+//! Per-delivery counts are kept in shard-local plain integers and added here once per batch, so
+//! the fan-out loop touches no shared cache line per subscriber.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub build_info: IntGaugeVec,
+    pub sockets: IntGaugeVec,
+    pub socket_capacity: IntGauge,
+    pub connects: IntCounter,
+    pub disconnects: IntCounterVec,
+    pub handshake_failures: IntCounterVec,
+    pub subscriptions: IntGaugeVec,
+    pub channels: IntGaugeVec,
+    pub client_commands: IntCounterVec,
+    pub client_errors: IntCounterVec,
+    pub publications: IntCounterVec,
+    pub deliveries: IntCounter,
+    pub bytes_out: IntCounter,
+    pub delivery_latency: Histogram,
+    pub outbound_queue_bytes: IntGaugeVec,
+    pub slow_consumer_closes: IntCounter,
+    pub broker_up: IntGauge,
+    pub broker_latency: HistogramVec,
+    pub broker_errors: IntCounterVec,
+    pub broker_reconnects: IntCounter,
+    pub broker_resubscribes: IntCounter,
+    pub scheduled_pending: IntGauge,
+    pub api_requests: IntCounterVec,
+    pub draining: IntGauge,
+}
+
+fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("metric");
+    r.register(Box::new(c.clone())).expect("register");
+    c
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("metric");
+    r.register(Box::new(c.clone())).expect("register");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric");
+    r.register(Box::new(g.clone())).expect("register");
+    g
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric");
+    r.register(Box::new(g.clone())).expect("register");
+    g
+}
+
+/// Latency buckets from 50 µs to 10 s: fan-out on one node lives in the sub-millisecond range,
+/// cross-node delivery through Redis in single milliseconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        let build_info = gauge_vec(&r, "ferrocast_build_info", "Build information; always 1.", &["version"]);
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let delivery_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "ferrocast_delivery_latency_seconds",
+                "Publication accepted by the node to the last socket write on a shard.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("metric");
+        r.register(Box::new(delivery_latency.clone())).expect("register");
+        let broker_latency = HistogramVec::new(
+            HistogramOpts::new("ferrocast_broker_latency_seconds", "Broker operation latency.")
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            &["op"],
+        )
+        .expect("metric");
+        r.register(Box::new(broker_latency.clone())).expect("register");
+        Metrics {
+            build_info,
+            sockets: gauge_vec(&r, "ferrocast_sockets", "Open WebSocket connections.", &["shard"]),
+            socket_capacity: gauge(
+                &r,
+                "ferrocast_socket_capacity",
+                "Sockets this process can hold (RLIMIT_NOFILE less a reserve).",
+            ),
+            connects: counter(&r, "ferrocast_connects_total", "WebSocket connections accepted."),
+            disconnects: counter_vec(
+                &r,
+                "ferrocast_disconnects_total",
+                "WebSocket connections closed, by close code (1006 = closed without a close frame).",
+                &["code"],
+            ),
+            handshake_failures: counter_vec(
+                &r,
+                "ferrocast_handshake_failures_total",
+                "Connections that did not become WebSockets, by reason.",
+                &["reason"],
+            ),
+            subscriptions: gauge_vec(&r, "ferrocast_subscriptions", "Client subscriptions.", &["shard"]),
+            channels: gauge_vec(&r, "ferrocast_channels", "Channels with local subscribers.", &["shard"]),
+            client_commands: counter_vec(
+                &r,
+                "ferrocast_client_commands_total",
+                "Commands received from clients.",
+                &["command"],
+            ),
+            client_errors: counter_vec(
+                &r,
+                "ferrocast_client_errors_total",
+                "Error replies sent to clients, by error code.",
+                &["code"],
+            ),
+            publications: counter_vec(
+                &r,
+                "ferrocast_publications_total",
+                "Publications accepted, by source (api, client, broker, scheduled).",
+                &["source"],
+            ),
+            deliveries: counter(&r, "ferrocast_deliveries_total", "Frames queued to client sockets."),
+            bytes_out: counter(&r, "ferrocast_bytes_out_total", "Bytes written to client sockets."),
+            delivery_latency,
+            outbound_queue_bytes: gauge_vec(
+                &r,
+                "ferrocast_outbound_queue_bytes",
+                "Bytes queued for client sockets and not yet written.",
+                &["shard"],
+            ),
+            slow_consumer_closes: counter(
+                &r,
+                "ferrocast_slow_consumer_closes_total",
+                "Connections closed with 4005 because their outbound queue passed its limit.",
+            ),
+            broker_up: gauge(&r, "ferrocast_broker_up", "1 while the broker is reachable."),
+            broker_latency,
+            broker_errors: counter_vec(&r, "ferrocast_broker_errors_total", "Failed broker operations.", &["op"]),
+            broker_reconnects: counter(&r, "ferrocast_broker_reconnects_total", "Broker reconnections."),
+            broker_resubscribes: counter(
+                &r,
+                "ferrocast_broker_resubscribes_total",
+                "Channels resubscribed at the broker after a reconnect or failover.",
+            ),
+            scheduled_pending: gauge(
+                &r,
+                "ferrocast_scheduled_pending",
+                "Scheduled publications waiting for their time.",
+            ),
+            api_requests: counter_vec(
+                &r,
+                "ferrocast_api_requests_total",
+                "Server API requests by route and HTTP status.",
+                &["route", "status"],
+            ),
+            draining: gauge(&r, "ferrocast_draining", "1 while the node drains for shutdown."),
+            registry: r,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(16 * 1024);
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding");
+        out
+    }
+}
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// Counts a close by code.
+pub fn count_close(code: u16) {
+    metrics().disconnects.with_label_values(&[&code.to_string()]).inc();
+}
+
+/// Counts an error reply by code.
+pub fn count_error(code: u16) {
+    metrics().client_errors.with_label_values(&[&code.to_string()]).inc();
+}

@@ -1,0 +1,235 @@
+//! The public listener's HTTP side: hyper http1 serves each accepted socket; `/ws` upgrades go
+//! through fastwebsockets' handshake, and the upgraded socket is recovered as the plain
+//! `TcpStream` (`Upgraded::downcast`, keeping hyper's read-ahead bytes) so a connection runs with
+//! no boxed IO layer and no HTTP buffers left behind. `/api/*` goes to the server API.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::auth::{proxy, Identity};
+use crate::hub::shard::Shard;
+use crate::metrics::metrics;
+use crate::protocol::CloseCode;
+use crate::ws::connection::connected_body;
+
+pub type Body = Full<Bytes>;
+
+/// Serves one accepted socket until it upgrades or closes. The header-read timeout is the
+/// handshake deadline: a slow or silent client can't hold a handshake slot for long.
+pub async fn serve_http(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) {
+    let io = TokioIo::new(stream);
+    let s = shard.clone();
+    let svc = service_fn(move |req| route(s.clone(), req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shard.node.config.limits.handshake_timeout.0)
+        .keep_alive(true)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        let reason = if e.is_timeout() {
+            "timeout"
+        } else if e.is_parse() || e.is_parse_too_large() {
+            "bad_request"
+        } else {
+            return; // the client went away
+        };
+        metrics().handshake_failures.with_label_values(&[reason]).inc();
+    }
+}
+
+pub fn json_response(status: u16, body: &serde_json::Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("json"))))
+        .expect("response")
+}
+
+pub fn error_response(status: u16, code: u16, message: &str) -> Response<Body> {
+    json_response(status, &serde_json::json!({"error": {"code": code, "message": message}}))
+}
+
+async fn route(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path();
+    if path == "/ws" {
+        return Ok(ws_upgrade(&shard, req));
+    }
+    if path.starts_with("/api/") {
+        return Ok(crate::api::handle(&shard.node, req).await);
+    }
+    Ok(error_response(404, 104, "not found"))
+}
+
+/// How a new connection will be authenticated.
+enum AuthPlan {
+    /// `?token=` verified during the handshake.
+    Ready(Identity),
+    /// `?token=` was bad: the socket is upgraded only to carry the close code (a browser can't
+    /// read an HTTP error status on a failed upgrade).
+    Reject(CloseCode),
+    /// Ask the connect proxy with these headers.
+    Proxy(Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>),
+    /// Wait for a `connect` command.
+    Later,
+}
+
+fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
+    let m = metrics();
+    if !fastwebsockets::upgrade::is_upgrade_request(&req) {
+        m.handshake_failures.with_label_values(&["bad_request"]).inc();
+        return error_response(426, 107, "WebSocket upgrade required");
+    }
+    let node = &shard.node;
+    if node.is_draining() || shard.draining.get() {
+        m.handshake_failures.with_label_values(&["draining"]).inc();
+        return error_response(503, 108, "node is draining");
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let response = match fastwebsockets::upgrade::upgrade(&mut req) {
+        Ok((response, _)) => response,
+        Err(_) => {
+            m.handshake_failures.with_label_values(&["bad_request"]).inc();
+            return error_response(400, 107, "bad WebSocket handshake");
+        }
+    };
+    let cfg = &node.config;
+    let plan = match query_param(req.uri().query().unwrap_or(""), "token") {
+        Some(token) => match node.verifier.verify(&token) {
+            Ok(identity) => AuthPlan::Ready(identity),
+            Err(e) => {
+                m.handshake_failures.with_label_values(&["auth"]).inc();
+                crate::metrics::count_error(e.client_error().code());
+                AuthPlan::Reject(e.close_code())
+            }
+        },
+        None if !cfg.auth.proxy_url.is_empty() => {
+            AuthPlan::Proxy(proxy::pick_headers(req.headers(), &cfg.auth.proxy_headers))
+        }
+        None => AuthPlan::Later,
+    };
+    let max = cfg.limits.max_connections;
+    let over_limit = max > 0 && node.connections.load(std::sync::atomic::Ordering::Relaxed) >= max;
+    if over_limit {
+        m.handshake_failures.with_label_values(&["limit"]).inc();
+    }
+    let shard = shard.clone();
+    tokio::task::spawn_local(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            metrics().handshake_failures.with_label_values(&["upgrade"]).inc();
+            return;
+        };
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            metrics().handshake_failures.with_label_values(&["upgrade"]).inc();
+            return;
+        };
+        let stream = parts.io.into_inner();
+        let read_ahead = parts.read_buf;
+        match plan {
+            _ if over_limit => {
+                shard.register(stream, read_ahead, None, Some(CloseCode::ConnectionLimit));
+            }
+            AuthPlan::Ready(identity) => {
+                shard.register(stream, read_ahead, Some(identity), None);
+            }
+            AuthPlan::Reject(code) => {
+                shard.register(stream, read_ahead, None, Some(code));
+            }
+            AuthPlan::Later => {
+                shard.register(stream, read_ahead, None, None);
+            }
+            AuthPlan::Proxy(headers) => {
+                let key = shard.register(stream, read_ahead, None, None);
+                let client_n = shard.state.borrow().conns[key].client;
+                let client = shard.node.client_name(client_n);
+                let cfg = &shard.node.config.auth;
+                let verdict = proxy::connect(&cfg.proxy_url, headers, &client, cfg.proxy_timeout.0).await;
+                let mut st = shard.state.borrow_mut();
+                let Some(conn) = st.conns.get_mut(key) else { return };
+                if conn.client != client_n {
+                    return; // the slot was reused: that connection is gone
+                }
+                match verdict {
+                    Ok(identity) if conn.identity.is_none() => {
+                        conn.identity = Some(Box::new(identity));
+                        let body = serde_json::json!({"connected": connected_body(&shard, conn)});
+                        conn.queue_text(&serde_json::to_vec(&body).expect("json"));
+                        drop(st);
+                        shard.flush(key);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        metrics().handshake_failures.with_label_values(&["auth"]).inc();
+                        conn.close(e.close_code());
+                    }
+                }
+            }
+        }
+    });
+    let (parts, _) = response.into_parts();
+    Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// The value of `name` in a query string, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_params() {
+        assert_eq!(query_param("a=1&token=abc.def", "token").as_deref(), Some("abc.def"));
+        assert_eq!(query_param("token=a%2Eb%3d", "token").as_deref(), Some("a.b="));
+        assert_eq!(query_param("x=1", "token"), None);
+        assert_eq!(query_param("token=%", "token").as_deref(), Some("%"));
+        assert_eq!(query_param("token=%4", "token").as_deref(), Some("%4"));
+    }
+}
