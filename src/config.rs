@@ -269,9 +269,9 @@ impl Config {
             })?,
             None => String::new(),
         };
-        let mut value: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError::Parse(format!("{}: {e}", path.unwrap_or("config"))))?;
+        let mut value: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError::Parse(format!("{}: {e}", path.unwrap_or("config")))
+        })?;
         for (k, v) in std::env::vars() {
             if let Some(rest) = k.strip_prefix("FERROCAST_") {
                 let keys: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
@@ -328,7 +328,10 @@ impl Config {
                 }
                 return Err(invalid(
                     "broker.kind",
-                    format!("{:?} is not available in this build yet; use \"memory\"", self.broker.kind),
+                    format!(
+                        "{:?} is not available in this build yet; use \"memory\"",
+                        self.broker.kind
+                    ),
                 ));
             }
             other => {
@@ -345,7 +348,10 @@ impl Config {
             return Err(invalid("limits.max_message_size", "at most 64 MiB"));
         }
         if self.limits.outbound_queue_bytes < 4096 {
-            return Err(invalid("limits.outbound_queue_bytes", "at least 4096 bytes"));
+            return Err(invalid(
+                "limits.outbound_queue_bytes",
+                "at least 4096 bytes",
+            ));
         }
         if self.limits.commands_per_second == 0 {
             return Err(invalid("limits.commands_per_second", "must be positive"));
@@ -456,7 +462,10 @@ mod tests {
     #[test]
     fn invalid_values_name_the_key() {
         let err = Config::load(None, &["limits.max_message_size=3".into()]).unwrap_err();
-        assert!(err.to_string().starts_with("limits.max_message_size"), "{err}");
+        assert!(
+            err.to_string().starts_with("limits.max_message_size"),
+            "{err}"
+        );
         let err = Config::load(None, &["listen.public=nope".into()]).unwrap_err();
         assert!(err.to_string().starts_with("listen.public"), "{err}");
         let err = Config::load(None, &["auth.timeout=\"forever\"".into()]).unwrap_err();
@@ -468,6 +477,9 @@ mod tests {
     #[test]
     fn history_needs_ttl() {
         let err = Config::load(None, &["namespaces.room.history_size=10".into()]).unwrap_err();
-        assert!(err.to_string().starts_with("namespaces.room.history_ttl"), "{err}");
+        assert!(
+            err.to_string().starts_with("namespaces.room.history_ttl"),
+            "{err}"
+        );
     }
 }

@@ -7,8 +7,8 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -66,14 +66,22 @@ fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
 /// Latency buckets from 50 µs to 10 s: fan-out on one node lives in the sub-millisecond range,
 /// cross-node delivery through Redis in single milliseconds.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
 ];
 
 impl Metrics {
     fn new() -> Self {
         let r = Registry::new();
-        let build_info = gauge_vec(&r, "ferrocast_build_info", "Build information; always 1.", &["version"]);
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let build_info = gauge_vec(
+            &r,
+            "ferrocast_build_info",
+            "Build information; always 1.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let delivery_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "ferrocast_delivery_latency_seconds",
@@ -82,14 +90,19 @@ impl Metrics {
             .buckets(LATENCY_BUCKETS.to_vec()),
         )
         .expect("metric");
-        r.register(Box::new(delivery_latency.clone())).expect("register");
+        r.register(Box::new(delivery_latency.clone()))
+            .expect("register");
         let broker_latency = HistogramVec::new(
-            HistogramOpts::new("ferrocast_broker_latency_seconds", "Broker operation latency.")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "ferrocast_broker_latency_seconds",
+                "Broker operation latency.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["op"],
         )
         .expect("metric");
-        r.register(Box::new(broker_latency.clone())).expect("register");
+        r.register(Box::new(broker_latency.clone()))
+            .expect("register");
         Metrics {
             build_info,
             sockets: gauge_vec(&r, "ferrocast_sockets", "Open WebSocket connections.", &["shard"]),
@@ -168,6 +181,42 @@ impl Metrics {
             draining: gauge(&r, "ferrocast_draining", "1 while the node drains for shutdown."),
             registry: r,
         }
+        .with_known_labels()
+    }
+
+    /// Creates every known label value at zero, so dashboards and alerts see a series (a rate
+    /// of 0) from the first scrape instead of "no data".
+    fn with_known_labels(self) -> Self {
+        for reason in [
+            "bad_request",
+            "timeout",
+            "throttled",
+            "auth",
+            "limit",
+            "draining",
+            "upgrade",
+        ] {
+            self.handshake_failures.with_label_values(&[reason]);
+        }
+        for source in ["api", "client", "broker", "scheduled"] {
+            self.publications.with_label_values(&[source]);
+        }
+        for code in [
+            "1000", "1006", "4000", "4001", "4003", "4004", "4005", "4006", "4008", "4009", "4010",
+            "4011",
+        ] {
+            self.disconnects.with_label_values(&[code]);
+        }
+        for code in [
+            "100", "101", "102", "103", "104", "105", "106", "107", "108", "109", "110", "112",
+        ] {
+            self.client_errors.with_label_values(&[code]);
+        }
+        for op in crate::broker::instrumented::OPS {
+            self.broker_latency.with_label_values(&[op]);
+            self.broker_errors.with_label_values(&[op]);
+        }
+        self
     }
 
     /// The Prometheus text exposition.
@@ -188,10 +237,16 @@ pub fn metrics() -> &'static Metrics {
 
 /// Counts a close by code.
 pub fn count_close(code: u16) {
-    metrics().disconnects.with_label_values(&[&code.to_string()]).inc();
+    metrics()
+        .disconnects
+        .with_label_values(&[&code.to_string()])
+        .inc();
 }
 
 /// Counts an error reply by code.
 pub fn count_error(code: u16) {
-    metrics().client_errors.with_label_values(&[&code.to_string()]).inc();
+    metrics()
+        .client_errors
+        .with_label_values(&[&code.to_string()])
+        .inc();
 }

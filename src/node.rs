@@ -36,7 +36,11 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config, broker: Arc<dyn Broker>, hub: Arc<Hub>) -> anyhow::Result<Arc<Node>> {
+    pub fn new(
+        config: Config,
+        broker: Arc<dyn Broker>,
+        hub: Arc<Hub>,
+    ) -> anyhow::Result<Arc<Node>> {
         let verifier = TokenVerifier::new(&config.auth)?;
         let id = {
             use rand::Rng;

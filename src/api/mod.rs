@@ -72,10 +72,15 @@ fn key_matches(given: &[u8], key: &[u8]) -> bool {
 }
 
 fn authorized(node: &Node, req: &Request<Incoming>) -> bool {
-    let Some(h) = req.headers().get(hyper::header::AUTHORIZATION) else { return false };
+    let Some(h) = req.headers().get(hyper::header::AUTHORIZATION) else {
+        return false;
+    };
     let Ok(h) = h.to_str() else { return false };
-    let Some((scheme, key)) = h.trim().split_once(' ') else { return false };
-    scheme.eq_ignore_ascii_case("apikey") && key_matches(key.trim().as_bytes(), node.config.api.key.as_bytes())
+    let Some((scheme, key)) = h.trim().split_once(' ') else {
+        return false;
+    };
+    scheme.eq_ignore_ascii_case("apikey")
+        && key_matches(key.trim().as_bytes(), node.config.api.key.as_bytes())
 }
 
 async fn serve(node: &Arc<Node>, route: &str, req: Request<Incoming>) -> ApiResult {
@@ -86,14 +91,22 @@ async fn serve(node: &Arc<Node>, route: &str, req: Request<Incoming>) -> ApiResu
         return Err(ApiError::Status(405, 104, "use POST"));
     }
     if !authorized(node, &req) {
-        return Err(ApiError::Status(401, 101, "missing or wrong API key (Authorization: apikey <key>)"));
+        return Err(ApiError::Status(
+            401,
+            101,
+            "missing or wrong API key (Authorization: apikey <key>)",
+        ));
     }
     let body = Limited::new(req.into_body(), node.config.api.max_body_size)
         .collect()
         .await
         .map_err(|_| ApiError::Status(413, 106, "request body too large"))?
         .to_bytes();
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &body };
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &body
+    };
     match route {
         "publish" => publish(node, parse(body)?).await,
         "broadcast" => broadcast(node, parse(body)?).await,
@@ -108,12 +121,19 @@ async fn serve(node: &Arc<Node>, route: &str, req: Request<Incoming>) -> ApiResu
 }
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|_| ApiError::Client(ClientError::BadRequest("malformed JSON body")))
+    serde_json::from_slice(body)
+        .map_err(|_| ApiError::Client(ClientError::BadRequest("malformed JSON body")))
 }
 
-fn channel(node: &Node, name: &str) -> Result<(ChannelName, crate::config::NamespaceConfig), ClientError> {
+fn channel(
+    node: &Node,
+    name: &str,
+) -> Result<(ChannelName, crate::config::NamespaceConfig), ClientError> {
     let ch = ChannelName::parse(name)?;
-    let ns = node.namespace(&ch).ok_or(ClientError::UnknownChannel)?.clone();
+    let ns = node
+        .namespace(&ch)
+        .ok_or(ClientError::UnknownChannel)?
+        .clone();
     Ok((ch, ns))
 }
 
@@ -152,15 +172,20 @@ async fn publish_one(
     };
     let outcome = match deliver_at {
         Some(at) => {
-            let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-                .map_err(|_| ClientError::BadRequest("deliver_at must be an RFC 3339 time"))?;
+            let at =
+                time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                    .map_err(|_| ClientError::BadRequest("deliver_at must be an RFC 3339 time"))?;
             node.broker
                 .schedule(SystemTime::from(at), req)
                 .await
                 .map_err(|e| e.client_error())?
         }
         None => {
-            let p = node.broker.publish(req).await.map_err(|e| e.client_error())?;
+            let p = node
+                .broker
+                .publish(req)
+                .await
+                .map_err(|e| e.client_error())?;
             metrics().publications.with_label_values(&["api"]).inc();
             p
         }
@@ -169,7 +194,14 @@ async fn publish_one(
 }
 
 async fn publish(node: &Node, b: PublishBody<'_>) -> ApiResult {
-    Ok(publish_one(node, &b.channel, b.data, b.deliver_at.as_deref(), b.idempotency_key).await?)
+    Ok(publish_one(
+        node,
+        &b.channel,
+        b.data,
+        b.deliver_at.as_deref(),
+        b.idempotency_key,
+    )
+    .await?)
 }
 
 #[derive(Deserialize)]
@@ -230,7 +262,10 @@ struct UserChannelBody {
 async fn unsubscribe(node: &Node, b: UserChannelBody) -> ApiResult {
     let ch = ChannelName::parse(&b.channel)?;
     node.broker
-        .control(Control::UnsubscribeUser { user: b.user, channel: ch })
+        .control(Control::UnsubscribeUser {
+            user: b.user,
+            channel: ch,
+        })
         .await
         .map_err(|e| e.client_error())?;
     Ok(json!({}))
@@ -246,7 +281,11 @@ async fn presence(node: &Node, b: ChannelBody) -> ApiResult {
     if !ns.presence {
         return Err(ClientError::NotAvailable.into());
     }
-    let entries = node.broker.presence(&ch).await.map_err(|e| e.client_error())?;
+    let entries = node
+        .broker
+        .presence(&ch)
+        .await
+        .map_err(|e| e.client_error())?;
     Ok(json!({ "clients": presence_map(&entries) }))
 }
 
@@ -255,7 +294,11 @@ async fn presence_stats(node: &Node, b: ChannelBody) -> ApiResult {
     if !ns.presence {
         return Err(ClientError::NotAvailable.into());
     }
-    let (clients, users) = node.broker.presence_stats(&ch).await.map_err(|e| e.client_error())?;
+    let (clients, users) = node
+        .broker
+        .presence_stats(&ch)
+        .await
+        .map_err(|e| e.client_error())?;
     Ok(json!({"clients": clients, "users": users}))
 }
 
@@ -278,12 +321,20 @@ async fn history(node: &Node, b: HistoryBody) -> ApiResult {
         .history(&ch, Node::channel_options(&ns), b.since.as_ref(), b.limit)
         .await
         .map_err(|e| e.client_error())?;
-    let pubs = reply::publications_array(h.publications.iter().map(|p| (p.offset, &p.data[..], p.info.as_deref())));
+    let pubs = reply::publications_array(
+        h.publications
+            .iter()
+            .map(|p| (p.offset, &p.data[..], p.info.as_deref())),
+    );
     Ok(json!({"publications": pubs, "offset": h.position.offset, "epoch": &*h.position.epoch}))
 }
 
 async fn info(node: &Node) -> ApiResult {
-    let nodes = node.broker.nodes(node.info()).await.map_err(|e| e.client_error())?;
+    let nodes = node
+        .broker
+        .nodes(node.info())
+        .await
+        .map_err(|e| e.client_error())?;
     Ok(json!({ "nodes": nodes }))
 }
 

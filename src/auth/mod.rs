@@ -91,14 +91,18 @@ impl TokenVerifier {
     pub fn new(cfg: &AuthConfig) -> anyhow::Result<Self> {
         let mut keys = Vec::new();
         if !cfg.token_secret.is_empty() {
-            keys.push((Algorithm::HS256, DecodingKey::from_secret(cfg.token_secret.as_bytes())));
+            keys.push((
+                Algorithm::HS256,
+                DecodingKey::from_secret(cfg.token_secret.as_bytes()),
+            ));
         }
         if !cfg.rsa_public_key.is_empty() {
             let pem = std::fs::read(&cfg.rsa_public_key)
                 .map_err(|e| anyhow::anyhow!("auth.rsa_public_key: {e}"))?;
             keys.push((
                 Algorithm::RS256,
-                DecodingKey::from_rsa_pem(&pem).map_err(|e| anyhow::anyhow!("auth.rsa_public_key: {e}"))?,
+                DecodingKey::from_rsa_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("auth.rsa_public_key: {e}"))?,
             ));
         }
         if !cfg.ecdsa_public_key.is_empty() {
@@ -106,7 +110,8 @@ impl TokenVerifier {
                 .map_err(|e| anyhow::anyhow!("auth.ecdsa_public_key: {e}"))?;
             keys.push((
                 Algorithm::ES256,
-                DecodingKey::from_ec_pem(&pem).map_err(|e| anyhow::anyhow!("auth.ecdsa_public_key: {e}"))?,
+                DecodingKey::from_ec_pem(&pem)
+                    .map_err(|e| anyhow::anyhow!("auth.ecdsa_public_key: {e}"))?,
             ));
         }
         Ok(TokenVerifier { keys })
@@ -128,7 +133,12 @@ impl TokenVerifier {
             jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
             _ => AuthError::Invalid,
         })?;
-        identity_from(data.claims.sub, data.claims.channels, data.claims.info, data.claims.exp)
+        identity_from(
+            data.claims.sub,
+            data.claims.channels,
+            data.claims.info,
+            data.claims.exp,
+        )
     }
 }
 
@@ -145,7 +155,9 @@ pub fn identity_from(
         .collect::<Result<Vec<_>, _>>()?;
     let info = match info {
         None | Some(serde_json::Value::Null) => None,
-        Some(v) => Some(Bytes::from(serde_json::to_vec(&v).map_err(|_| AuthError::Invalid)?)),
+        Some(v) => Some(Bytes::from(
+            serde_json::to_vec(&v).map_err(|_| AuthError::Invalid)?,
+        )),
     };
     Ok(Identity {
         user: Arc::from(user),
@@ -157,8 +169,12 @@ pub fn identity_from(
 
 /// Mints an HS256 token (for `ferrocast token`, examples and tests).
 pub fn mint(secret: &str, claims: &Claims) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret.as_bytes()))
-        .expect("HS256 encoding cannot fail")
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 encoding cannot fail")
 }
 
 pub fn now_unix() -> u64 {
@@ -199,16 +215,29 @@ mod tests {
 
     #[test]
     fn wrong_secret_and_garbage_are_invalid() {
-        let t = mint("other", &Claims { sub: "1".into(), ..Default::default() });
+        let t = mint(
+            "other",
+            &Claims {
+                sub: "1".into(),
+                ..Default::default()
+            },
+        );
         assert_eq!(verifier().verify(&t).unwrap_err(), AuthError::Invalid);
-        assert_eq!(verifier().verify("not.a.token").unwrap_err(), AuthError::Invalid);
+        assert_eq!(
+            verifier().verify("not.a.token").unwrap_err(),
+            AuthError::Invalid
+        );
     }
 
     #[test]
     fn expired_is_distinct() {
         let t = mint(
             "s3cret",
-            &Claims { sub: "1".into(), exp: Some(now_unix() - 5), ..Default::default() },
+            &Claims {
+                sub: "1".into(),
+                exp: Some(now_unix() - 5),
+                ..Default::default()
+            },
         );
         let e = verifier().verify(&t).unwrap_err();
         assert_eq!(e, AuthError::Expired);

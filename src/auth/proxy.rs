@@ -50,8 +50,9 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<Identity, AuthError> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let body = serde_json::to_vec(&serde_json::json!({"client": client_id, "transport": "websocket"}))
-        .expect("json");
+    let body =
+        serde_json::to_vec(&serde_json::json!({"client": client_id, "transport": "websocket"}))
+            .expect("json");
     let mut req = hyper::Request::post(url)
         .header(hyper::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(body)))

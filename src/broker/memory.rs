@@ -19,8 +19,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{
-    new_epoch, Broker, BrokerError, ChannelOptions, Control, HistoryItem, HistoryResult, NodeInfo, PresenceEntry,
-    Published, PublishRequest, StreamPosition,
+    new_epoch, Broker, BrokerError, ChannelOptions, Control, HistoryItem, HistoryResult, NodeInfo,
+    PresenceEntry, PublishRequest, Published, StreamPosition,
 };
 use crate::hub::Hub;
 use crate::protocol::{reply, ChannelName, Position};
@@ -84,7 +84,9 @@ impl MemoryBroker {
     pub fn start(hub: Arc<Hub>) -> Arc<dyn Broker> {
         let inner = Arc::new(Inner {
             hub,
-            stripes: (0..STRIPES).map(|_| Mutex::new(Stripe::default())).collect(),
+            stripes: (0..STRIPES)
+                .map(|_| Mutex::new(Stripe::default()))
+                .collect(),
             idempotency: Mutex::new(HashMap::new()),
             schedule: Mutex::new(BTreeMap::new()),
             schedule_changed: Notify::new(),
@@ -130,7 +132,8 @@ impl Inner {
         let position = stream.position();
         // Hand-off inside the lock so that shards see a channel's publications in offset order.
         let payload = reply::publication(&req.channel, offset, &req.data, req.info.as_deref());
-        self.hub.deliver(&req.channel, offset, Bytes::from(payload), published_at);
+        self.hub
+            .deliver(&req.channel, offset, Bytes::from(payload), published_at);
         position
     }
 
@@ -159,7 +162,9 @@ pub fn unix_micros() -> u64 {
 }
 
 fn unix_millis(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[async_trait]
@@ -173,24 +178,35 @@ impl Broker for MemoryBroker {
         Ok(outcome)
     }
 
-    async fn schedule(&self, at: SystemTime, req: PublishRequest) -> Result<Published, BrokerError> {
+    async fn schedule(
+        &self,
+        at: SystemTime,
+        req: PublishRequest,
+    ) -> Result<Published, BrokerError> {
         if let Some(p) = self.inner.remembered(&req.idempotency_key) {
             return Ok(p);
         }
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{seq}", unix_millis(SystemTime::now()));
         let key = req.idempotency_key.clone();
-        self.inner
-            .schedule
-            .lock()
-            .insert((unix_millis(at), seq), Scheduled { id: id.clone(), req });
+        self.inner.schedule.lock().insert(
+            (unix_millis(at), seq),
+            Scheduled {
+                id: id.clone(),
+                req,
+            },
+        );
         self.inner.schedule_changed.notify_one();
         let outcome = Published::Scheduled(id);
         self.inner.remember(&key, &outcome);
         Ok(outcome)
     }
 
-    async fn publish_control(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError> {
+    async fn publish_control(
+        &self,
+        channel: &ChannelName,
+        payload: Bytes,
+    ) -> Result<(), BrokerError> {
         self.inner.hub.deliver(channel, 0, payload, unix_micros());
         Ok(())
     }
@@ -248,7 +264,12 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn presence_add(&self, channel: &ChannelName, entry: PresenceEntry, ttl: Duration) -> Result<(), BrokerError> {
+    async fn presence_add(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
         let mut stripe = self.inner.stripe(channel).lock();
         stripe
             .presence
@@ -258,7 +279,11 @@ impl Broker for MemoryBroker {
         Ok(())
     }
 
-    async fn presence_remove(&self, channel: &ChannelName, client: &str) -> Result<(), BrokerError> {
+    async fn presence_remove(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+    ) -> Result<(), BrokerError> {
         let mut stripe = self.inner.stripe(channel).lock();
         if let Some(members) = stripe.presence.get_mut(channel) {
             members.remove(client);

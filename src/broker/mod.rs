@@ -5,6 +5,7 @@
 //! across a fleet. A broker hands every publication that reaches this node to the [`Hub`], which
 //! fans it out to the shards.
 
+pub mod instrumented;
 pub mod memory;
 
 use std::sync::Arc;
@@ -81,8 +82,15 @@ pub struct PresenceEntry {
 /// Fleet-wide commands from the server API, applied by every node to its own connections.
 #[derive(Debug, Clone)]
 pub enum Control {
-    DisconnectUser { user: String, code: u16, reason: String },
-    UnsubscribeUser { user: String, channel: ChannelName },
+    DisconnectUser {
+        user: String,
+        code: u16,
+        reason: String,
+    },
+    UnsubscribeUser {
+        user: String,
+        channel: ChannelName,
+    },
 }
 
 /// What a node tells the others about itself (`/api/info`).
@@ -132,10 +140,15 @@ pub trait Broker: Send + Sync + 'static {
     async fn publish(&self, req: PublishRequest) -> Result<Published, BrokerError>;
 
     /// Keeps `req` until `at`, then publishes it exactly once across the fleet.
-    async fn schedule(&self, at: SystemTime, req: PublishRequest) -> Result<Published, BrokerError>;
+    async fn schedule(&self, at: SystemTime, req: PublishRequest)
+        -> Result<Published, BrokerError>;
 
     /// Delivers a push that is not part of the stream (join/leave): no offset, no history.
-    async fn publish_control(&self, channel: &ChannelName, payload: Bytes) -> Result<(), BrokerError>;
+    async fn publish_control(
+        &self,
+        channel: &ChannelName,
+        payload: Bytes,
+    ) -> Result<(), BrokerError>;
 
     /// Publications after `since` (all retained when `since` is None), at most `limit` (the most
     /// recent ones when `since` is None), and the current position.
@@ -154,9 +167,15 @@ pub trait Broker: Send + Sync + 'static {
     async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), BrokerError>;
 
     /// Adds or refreshes a presence entry that expires after `ttl` unless refreshed.
-    async fn presence_add(&self, channel: &ChannelName, entry: PresenceEntry, ttl: Duration) -> Result<(), BrokerError>;
+    async fn presence_add(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        ttl: Duration,
+    ) -> Result<(), BrokerError>;
 
-    async fn presence_remove(&self, channel: &ChannelName, client: &str) -> Result<(), BrokerError>;
+    async fn presence_remove(&self, channel: &ChannelName, client: &str)
+        -> Result<(), BrokerError>;
 
     async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, BrokerError>;
 
@@ -185,7 +204,9 @@ pub trait Broker: Send + Sync + 'static {
 /// Builds the broker named in the config.
 pub fn build(kind: &str, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Broker>> {
     match kind {
-        "memory" => Ok(memory::MemoryBroker::start(hub)),
+        "memory" => Ok(instrumented::Instrumented::wrap(
+            memory::MemoryBroker::start(hub),
+        )),
         other => anyhow::bail!("broker.kind: {other:?} is not available in this build"),
     }
 }

@@ -7,7 +7,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 use serde_json::json;
 
-use super::shard::{clock, Shard};
+use super::shard::Shard;
 use crate::auth::Identity;
 use crate::broker::{BrokerError, PublishRequest, Published};
 use crate::config::NamespaceConfig;
@@ -19,7 +19,10 @@ use crate::ws::connection::connected_body;
 type Reply = Result<(), ClientError>;
 
 pub async fn handle(shard: &Rc<Shard>, key: usize, cmd: Command) {
-    metrics().client_commands.with_label_values(&[cmd.kind.name()]).inc();
+    metrics()
+        .client_commands
+        .with_label_values(&[cmd.kind.name()])
+        .inc();
     let id = cmd.id;
     if let Err(e) = rate_limit(shard, key) {
         send_error(shard, key, id, &e);
@@ -30,12 +33,18 @@ pub async fn handle(shard: &Rc<Shard>, key: usize, cmd: Command) {
         CommandKind::Connect { token } => connect(shard, key, id, token).await,
         _ if !authenticated => Err(ClientError::Unauthorized),
         CommandKind::Refresh { token } => refresh(shard, key, id, &token),
-        CommandKind::Subscribe { channel, recover } => subscribe(shard, key, id, &channel, recover).await,
+        CommandKind::Subscribe { channel, recover } => {
+            subscribe(shard, key, id, &channel, recover).await
+        }
         CommandKind::Unsubscribe { channel } => unsubscribe(shard, key, id, &channel).await,
         CommandKind::Publish { channel, data } => publish(shard, key, id, &channel, data).await,
         CommandKind::Presence { channel } => presence(shard, key, id, &channel).await,
         CommandKind::PresenceStats { channel } => presence_stats(shard, key, id, &channel).await,
-        CommandKind::History { channel, limit, since } => history(shard, key, id, &channel, limit, since).await,
+        CommandKind::History {
+            channel,
+            limit,
+            since,
+        } => history(shard, key, id, &channel, limit, since).await,
         CommandKind::Ping => {
             send(shard, key, &reply::result(id, &json!({})));
             Ok(())
@@ -63,26 +72,9 @@ fn close(shard: &Shard, key: usize, code: CloseCode) {
     }
 }
 
-/// A fixed one-second window per connection: over the limit → error 110; at twice the limit the
-/// client is not listening to its errors → close 4006.
 fn rate_limit(shard: &Shard, key: usize) -> Result<(), ClientError> {
     let limit = shard.node.config.limits.commands_per_second;
-    let mut st = shard.state.borrow_mut();
-    let conn = &mut st.conns[key];
-    let now = clock();
-    if conn.window_start != now {
-        conn.window_start = now;
-        conn.window_count = 0;
-    }
-    conn.window_count += 1;
-    if conn.window_count > limit.saturating_mul(2) {
-        conn.close(CloseCode::TooManyRequests);
-        return Err(ClientError::TooManyRequests);
-    }
-    if conn.window_count > limit {
-        return Err(ClientError::TooManyRequests);
-    }
-    Ok(())
+    shard.state.borrow_mut().conns[key].rate_limit(limit)
 }
 
 fn identity(shard: &Shard, key: usize) -> Result<Identity, ClientError> {
@@ -94,7 +86,9 @@ fn identity(shard: &Shard, key: usize) -> Result<Identity, ClientError> {
 }
 
 fn client_name(shard: &Shard, key: usize) -> String {
-    shard.node.client_name(shard.state.borrow().conns[key].client)
+    shard
+        .node
+        .client_name(shard.state.borrow().conns[key].client)
 }
 
 /// Resolves a channel and its namespace, and checks that `identity` may subscribe to it.
@@ -111,7 +105,11 @@ fn channel_for<'n>(
 
 /// The subscribe permission: the token's `channels` claim grants any channel; `user:<id>` is only
 /// for user `<id>`; private namespaces need the claim; anonymous users need `anonymous = true`.
-pub fn may_subscribe(identity: &Identity, ch: &ChannelName, ns: &NamespaceConfig) -> Result<(), ClientError> {
+pub fn may_subscribe(
+    identity: &Identity,
+    ch: &ChannelName,
+    ns: &NamespaceConfig,
+) -> Result<(), ClientError> {
     if identity.channels.contains(ch) {
         return Ok(());
     }
@@ -148,7 +146,10 @@ async fn connect(shard: &Rc<Shard>, key: usize, id: Option<u64>, token: Option<S
             Ok(())
         }
         Err(e) => {
-            metrics().handshake_failures.with_label_values(&["auth"]).inc();
+            metrics()
+                .handshake_failures
+                .with_label_values(&["auth"])
+                .inc();
             send_error(shard, key, id, &e.client_error());
             close(shard, key, e.close_code());
             Ok(())
@@ -157,7 +158,11 @@ async fn connect(shard: &Rc<Shard>, key: usize, id: Option<u64>, token: Option<S
 }
 
 fn refresh(shard: &Shard, key: usize, id: Option<u64>, token: &str) -> Reply {
-    let fresh = shard.node.verifier.verify(token).map_err(|e| e.client_error())?;
+    let fresh = shard
+        .node
+        .verifier
+        .verify(token)
+        .map_err(|e| e.client_error())?;
     let mut st = shard.state.borrow_mut();
     let conn = &mut st.conns[key];
     let current = conn.identity.as_mut().ok_or(ClientError::Unauthorized)?;
@@ -170,7 +175,13 @@ fn refresh(shard: &Shard, key: usize, id: Option<u64>, token: &str) -> Reply {
     Ok(())
 }
 
-async fn subscribe(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, recover: Option<Position>) -> Reply {
+async fn subscribe(
+    shard: &Rc<Shard>,
+    key: usize,
+    id: Option<u64>,
+    name: &str,
+    recover: Option<Position>,
+) -> Reply {
     let me = identity(shard, key)?;
     let (ch, ns) = channel_for(&shard.node, &me, name)?;
     let k = key as u32;
@@ -184,7 +195,7 @@ async fn subscribe(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, r
             return Err(ClientError::LimitExceeded);
         }
         conn.subs.push(ch.clone());
-        st.add_recovering(&ch, k)
+        st.add_joining(&ch, k)
     };
     let abort = |e: ClientError| {
         let mut st = shard.state.borrow_mut();
@@ -242,11 +253,15 @@ async fn subscribe(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, r
     };
     {
         let mut st = shard.state.borrow_mut();
-        let Some(conn) = st.conns.get_mut(key) else { return Ok(()) };
+        let Some(conn) = st.conns.get_mut(key) else {
+            return Ok(());
+        };
         conn.queue_text(&reply::result(id, &body));
         // Publications that arrived while we read history follow the reply, minus those the
         // history already held.
-        let after = publications.last().map_or(position.offset, |p| p.offset.max(position.offset));
+        let after = publications
+            .last()
+            .map_or(position.offset, |p| p.offset.max(position.offset));
         st.activate(&ch, k, after);
     }
     shard.after_join(&ch, &client_name(shard, key), &me).await;
@@ -271,7 +286,9 @@ async fn unsubscribe(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str)
     // Unsubscribing from a channel one is not in is not an error: the goal state holds.
     send(shard, key, &reply::result(id, &json!({})));
     if was {
-        shard.after_leave(&ch, &client_name(shard, key), me.as_deref()).await;
+        shard
+            .after_leave(&ch, &client_name(shard, key), me.as_deref())
+            .await;
     }
     if emptied {
         shard.node.remove_interest(&ch).await;
@@ -293,10 +310,20 @@ async fn publish(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, dat
         options: Node::channel_options(ns),
         idempotency_key: None,
     };
-    match shard.node.broker.publish(req).await.map_err(|e| e.client_error())? {
+    match shard
+        .node
+        .broker
+        .publish(req)
+        .await
+        .map_err(|e| e.client_error())?
+    {
         Published::Now(p) => {
             metrics().publications.with_label_values(&["client"]).inc();
-            send(shard, key, &reply::result(id, &json!({"offset": p.offset, "epoch": &*p.epoch})));
+            send(
+                shard,
+                key,
+                &reply::result(id, &json!({"offset": p.offset, "epoch": &*p.epoch})),
+            );
             Ok(())
         }
         Published::Scheduled(_) => Err(ClientError::Internal),
@@ -309,13 +336,24 @@ async fn presence(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str) ->
     if !ns.presence {
         return Err(ClientError::NotAvailable);
     }
-    let entries = shard.node.broker.presence(&ch).await.map_err(|e| e.client_error())?;
-    send(shard, key, &reply::result(id, &json!({ "clients": presence_map(&entries) })));
+    let entries = shard
+        .node
+        .broker
+        .presence(&ch)
+        .await
+        .map_err(|e| e.client_error())?;
+    send(
+        shard,
+        key,
+        &reply::result(id, &json!({ "clients": presence_map(&entries) })),
+    );
     Ok(())
 }
 
 /// `{client: {"user": …, "info": …}}`
-pub fn presence_map(entries: &[crate::broker::PresenceEntry]) -> serde_json::Map<String, serde_json::Value> {
+pub fn presence_map(
+    entries: &[crate::broker::PresenceEntry],
+) -> serde_json::Map<String, serde_json::Value> {
     entries
         .iter()
         .map(|e| {
@@ -334,8 +372,17 @@ async fn presence_stats(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &s
     if !ns.presence {
         return Err(ClientError::NotAvailable);
     }
-    let (clients, users) = shard.node.broker.presence_stats(&ch).await.map_err(|e| e.client_error())?;
-    send(shard, key, &reply::result(id, &json!({"clients": clients, "users": users})));
+    let (clients, users) = shard
+        .node
+        .broker
+        .presence_stats(&ch)
+        .await
+        .map_err(|e| e.client_error())?;
+    send(
+        shard,
+        key,
+        &reply::result(id, &json!({"clients": clients, "users": users})),
+    );
     Ok(())
 }
 
@@ -358,7 +405,11 @@ async fn history(
         .history(&ch, Node::channel_options(ns), since.as_ref(), limit)
         .await
         .map_err(|e| e.client_error())?;
-    let pubs = reply::publications_array(h.publications.iter().map(|p| (p.offset, &p.data[..], p.info.as_deref())));
+    let pubs = reply::publications_array(
+        h.publications
+            .iter()
+            .map(|p| (p.offset, &p.data[..], p.info.as_deref())),
+    );
     send(
         shard,
         key,
@@ -378,7 +429,10 @@ mod tests {
     fn ident(user: &str, channels: &[&str]) -> Identity {
         Identity {
             user: Arc::from(user),
-            channels: channels.iter().map(|c| ChannelName::parse(c).unwrap()).collect(),
+            channels: channels
+                .iter()
+                .map(|c| ChannelName::parse(c).unwrap())
+                .collect(),
             info: None,
             expires_at: None,
         }
@@ -389,8 +443,14 @@ mod tests {
         let ns = NamespaceConfig::default();
         let ch = ChannelName::parse("user:17").unwrap();
         assert!(may_subscribe(&ident("17", &[]), &ch, &ns).is_ok());
-        assert_eq!(may_subscribe(&ident("18", &[]), &ch, &ns), Err(ClientError::PermissionDenied));
-        assert_eq!(may_subscribe(&ident("", &[]), &ch, &ns), Err(ClientError::PermissionDenied));
+        assert_eq!(
+            may_subscribe(&ident("18", &[]), &ch, &ns),
+            Err(ClientError::PermissionDenied)
+        );
+        assert_eq!(
+            may_subscribe(&ident("", &[]), &ch, &ns),
+            Err(ClientError::PermissionDenied)
+        );
         // The claim can grant someone else's personal channel (a librarian's console).
         assert!(may_subscribe(&ident("1", &["user:17"]), &ch, &ns).is_ok());
     }
@@ -401,9 +461,15 @@ mod tests {
         let open = NamespaceConfig::default();
         assert!(may_subscribe(&ident("1", &[]), &ch, &open).is_ok());
         assert!(may_subscribe(&ident("", &[]), &ch, &open).is_err());
-        let anon = NamespaceConfig { anonymous: true, ..Default::default() };
+        let anon = NamespaceConfig {
+            anonymous: true,
+            ..Default::default()
+        };
         assert!(may_subscribe(&ident("", &[]), &ch, &anon).is_ok());
-        let private = NamespaceConfig { private: true, ..Default::default() };
+        let private = NamespaceConfig {
+            private: true,
+            ..Default::default()
+        };
         assert!(may_subscribe(&ident("1", &[]), &ch, &private).is_err());
         assert!(may_subscribe(&ident("1", &["room:1"]), &ch, &private).is_ok());
     }

@@ -52,7 +52,13 @@ impl Hub {
     }
 
     /// Hands a publication to every shard; each shard ignores channels it has no subscriber for.
-    pub fn deliver(&self, channel: &ChannelName, offset: u64, payload: Bytes, published_at_us: u64) {
+    pub fn deliver(
+        &self,
+        channel: &ChannelName,
+        offset: u64,
+        payload: Bytes,
+        published_at_us: u64,
+    ) {
         let d = Arc::new(Delivery {
             channel: channel.clone(),
             offset,

@@ -37,14 +37,25 @@ pub fn clock() -> u32 {
 /// still letting many publications share one write per socket.
 const BATCH: usize = 256;
 
+/// A subscriber between "subscribe received" and "caught up with the live stream".
+///
+/// Until the reply is queued (`after` is None) live publications are held. Once the reply covered
+/// the stream up to `after`, publications still in flight with an offset ≤ `after` are dropped
+/// (the reply had them) and the first one past it moves the subscriber to the live list, so the
+/// client sees every offset exactly once and in order.
+pub struct Joining {
+    pub key: u32,
+    pub after: Option<u64>,
+    pub held: Vec<(u64, Bytes)>,
+}
+
 /// A channel's local subscribers.
 #[derive(Default)]
 pub struct ChannelSubs {
     /// Connections receiving live publications.
     pub subscribers: Vec<u32>,
-    /// Connections between "subscribe" and "reply sent": live publications are held here so they
-    /// can follow the recovered history without gap or duplicate.
-    pub recovering: Vec<(u32, Vec<(u64, Bytes)>)>,
+    /// Connections whose subscription is being set up (see [`Joining`]).
+    pub joining: Vec<Joining>,
 }
 
 pub struct ShardState {
@@ -76,14 +87,7 @@ impl Shard {
         Rc::new(Shard {
             index,
             node,
-            state: RefCell::new(ShardState {
-                conns: Slab::new(),
-                channels: HashMap::new(),
-                dirty: Vec::new(),
-                subscriptions: 0,
-                deliveries: 0,
-                bytes_out: 0,
-            }),
+            state: RefCell::new(ShardState::new()),
             scratch: RefCell::new(scratch),
             draining: Cell::new(false),
             drain_started: tokio::sync::Notify::new(),
@@ -116,7 +120,8 @@ impl Shard {
             if let Some(code) = close_with {
                 conn.closing = Some(code);
             } else if authenticated {
-                let body = serde_json::json!({"connected": connection::connected_body(self, &conn)});
+                let body =
+                    serde_json::json!({"connected": connection::connected_body(self, &conn)});
                 conn.queue_text(&serde_json::to_vec(&body).expect("json"));
             }
             st.conns.insert(conn)
@@ -134,12 +139,17 @@ impl Shard {
     pub fn flush(&self, key: usize) -> bool {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
-        let Some(conn) = st.conns.get_mut(key) else { return true };
+        let Some(conn) = st.conns.get_mut(key) else {
+            return true;
+        };
         if conn.blocked {
             return false;
         }
         let stream = conn.stream.clone();
-        match conn.out.flush_with(|slices| stream.try_write_vectored(slices)) {
+        match conn
+            .out
+            .flush_with(|slices| stream.try_write_vectored(slices))
+        {
             Ok((n, Flushed::All)) => {
                 st.bytes_out += n as u64;
                 true
@@ -177,7 +187,8 @@ impl Shard {
         metrics().sockets.with_label_values(&[&self.label]).dec();
         let client = self.node.client_name(conn.client);
         for ch in &conn.subs {
-            self.after_leave(ch, &client, conn.identity.as_deref()).await;
+            self.after_leave(ch, &client, conn.identity.as_deref())
+                .await;
         }
         for ch in emptied {
             self.node.remove_interest(&ch).await;
@@ -187,7 +198,9 @@ impl Shard {
 
     /// Presence removal and the leave push for a subscription that ended.
     pub async fn after_leave(&self, ch: &ChannelName, client: &str, identity: Option<&Identity>) {
-        let Some(ns) = self.node.namespace(ch) else { return };
+        let Some(ns) = self.node.namespace(ch) else {
+            return;
+        };
         if ns.presence {
             if let Err(e) = self.node.broker.presence_remove(ch, client).await {
                 tracing::warn!(channel = %ch, error = %e, "presence remove failed");
@@ -195,14 +208,24 @@ impl Shard {
         }
         if ns.join_leave {
             let user = identity.map(|i| i.user.to_string()).unwrap_or_default();
-            let push = reply::channel_push(ch, "leave", &serde_json::json!({"user": user, "client": client}));
-            let _ = self.node.broker.publish_control(ch, Bytes::from(push)).await;
+            let push = reply::channel_push(
+                ch,
+                "leave",
+                &serde_json::json!({"user": user, "client": client}),
+            );
+            let _ = self
+                .node
+                .broker
+                .publish_control(ch, Bytes::from(push))
+                .await;
         }
     }
 
     /// Presence entry and join push for a new subscription.
     pub async fn after_join(&self, ch: &ChannelName, client: &str, identity: &Identity) {
-        let Some(ns) = self.node.namespace(ch) else { return };
+        let Some(ns) = self.node.namespace(ch) else {
+            return;
+        };
         if ns.presence {
             let entry = PresenceEntry {
                 client: client.to_string(),
@@ -220,7 +243,11 @@ impl Shard {
                 "join",
                 &serde_json::json!({"user": &*identity.user, "client": client}),
             );
-            let _ = self.node.broker.publish_control(ch, Bytes::from(push)).await;
+            let _ = self
+                .node
+                .broker
+                .publish_control(ch, Bytes::from(push))
+                .await;
         }
     }
 
@@ -236,7 +263,11 @@ impl Shard {
             for msg in batch.drain(..) {
                 match msg {
                     ShardMsg::Deliver(d) => {
-                        if self.state.borrow_mut().fan_out(&d, self.node.config.limits.outbound_queue_bytes) {
+                        if self
+                            .state
+                            .borrow_mut()
+                            .fan_out(&d, self.node.config.limits.outbound_queue_bytes)
+                        {
                             published.push(d.published_at_us);
                         }
                     }
@@ -258,29 +289,26 @@ impl Shard {
     }
 
     fn flush_dirty(&self) {
-        let dirty = std::mem::take(&mut self.state.borrow_mut().dirty);
+        let mut dirty = self.state.borrow_mut().take_dirty();
         for &key in &dirty {
-            if let Some(c) = self.state.borrow_mut().conns.get_mut(key as usize) {
-                c.dirty = false;
-            }
             self.flush(key as usize);
         }
+        // Hand the allocation back for the next batch.
+        dirty.clear();
         let mut st = self.state.borrow_mut();
         if st.dirty.is_empty() {
-            // Keep the allocation for the next batch.
             st.dirty = dirty;
-            st.dirty.clear();
         }
     }
 
     fn apply_control(&self, c: Control) {
         let mut st = self.state.borrow_mut();
         match c {
-            Control::DisconnectUser { user, code, reason: _ } => {
-                let code = close_code_from(code);
+            Control::DisconnectUser { user, code, reason } => {
                 for (_, conn) in st.conns.iter_mut() {
                     if conn.identity.as_ref().is_some_and(|i| *i.user == *user) {
-                        conn.close(code);
+                        conn.custom_close = Some(Box::new((code, reason.clone())));
+                        conn.close(CloseCode::ServerClose);
                     }
                 }
             }
@@ -288,7 +316,10 @@ impl Shard {
                 let keys: Vec<usize> = st
                     .conns
                     .iter()
-                    .filter(|(_, c)| c.identity.as_ref().is_some_and(|i| *i.user == *user) && c.subs.contains(&channel))
+                    .filter(|(_, c)| {
+                        c.identity.as_ref().is_some_and(|i| *i.user == *user)
+                            && c.subs.contains(&channel)
+                    })
                     .map(|(k, _)| k)
                     .collect();
                 drop(st);
@@ -304,10 +335,18 @@ impl Shard {
         let emptied = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
-            let Some(conn) = st.conns.get_mut(key) else { return };
-            let Some(i) = conn.subs.iter().position(|c| c == channel) else { return };
+            let Some(conn) = st.conns.get_mut(key) else {
+                return;
+            };
+            let Some(i) = conn.subs.iter().position(|c| c == channel) else {
+                return;
+            };
             conn.subs.swap_remove(i);
-            conn.queue_text(&reply::channel_push(channel, "unsubscribe", &serde_json::json!({})));
+            conn.queue_text(&reply::channel_push(
+                channel,
+                "unsubscribe",
+                &serde_json::json!({}),
+            ));
             st.subscriptions -= 1;
             st.remove_subscriber(channel, key as u32)
         };
@@ -326,9 +365,15 @@ impl Shard {
                 }
                 if ns.join_leave {
                     let user = identity.map(|i| i.user.to_string()).unwrap_or_default();
-                    let push =
-                        reply::channel_push(&channel, "leave", &serde_json::json!({"user": user, "client": client}));
-                    let _ = node.broker.publish_control(&channel, Bytes::from(push)).await;
+                    let push = reply::channel_push(
+                        &channel,
+                        "leave",
+                        &serde_json::json!({"user": user, "client": client}),
+                    );
+                    let _ = node
+                        .broker
+                        .publish_control(&channel, Bytes::from(push))
+                        .await;
                 }
             }
             if emptied {
@@ -420,10 +465,16 @@ impl Shard {
         let mut st = self.state.borrow_mut();
         m.deliveries.inc_by(std::mem::take(&mut st.deliveries));
         m.bytes_out.inc_by(std::mem::take(&mut st.bytes_out));
-        m.subscriptions.with_label_values(&[&self.label]).set(st.subscriptions as i64);
-        m.channels.with_label_values(&[&self.label]).set(st.channels.len() as i64);
+        m.subscriptions
+            .with_label_values(&[&self.label])
+            .set(st.subscriptions as i64);
+        m.channels
+            .with_label_values(&[&self.label])
+            .set(st.channels.len() as i64);
         let queued: usize = st.conns.iter().map(|(_, c)| c.out.bytes()).sum();
-        m.outbound_queue_bytes.with_label_values(&[&self.label]).set(queued as i64);
+        m.outbound_queue_bytes
+            .with_label_values(&[&self.label])
+            .set(queued as i64);
     }
 
     /// Closes every connection with 4010 in batches spread over `shutdown.drain_seconds`, so a
@@ -467,33 +518,50 @@ impl Shard {
     }
 }
 
-fn close_code_from(code: u16) -> CloseCode {
-    match code {
-        4001 => CloseCode::AuthTimeout,
-        4003 => CloseCode::Forbidden,
-        4004 => CloseCode::BadRequest,
-        4005 => CloseCode::SlowConsumer,
-        4006 => CloseCode::TooManyRequests,
-        4008 => CloseCode::ConnectionLimit,
-        4009 => CloseCode::MessageTooBig,
-        4010 => CloseCode::Shutdown,
-        4011 => CloseCode::TokenExpired,
-        _ => CloseCode::ServerClose,
+impl Default for ShardState {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
 impl ShardState {
+    pub fn new() -> Self {
+        ShardState {
+            conns: Slab::new(),
+            channels: HashMap::new(),
+            dirty: Vec::new(),
+            subscriptions: 0,
+            deliveries: 0,
+            bytes_out: 0,
+        }
+    }
+
+    /// Connections with output queued since the last flush (taken: the caller flushes them).
+    pub fn take_dirty(&mut self) -> Vec<u32> {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &k in &dirty {
+            if let Some(c) = self.conns.get_mut(k as usize) {
+                c.dirty = false;
+            }
+        }
+        dirty
+    }
+
     /// Queues one publication on every local subscriber. Returns whether anyone here listens.
     ///
     /// The frame is copied once into a shard-owned buffer so the per-subscriber reference count
     /// increments stay on this core's cache line.
     pub fn fan_out(&mut self, d: &Delivery, limit: usize) -> bool {
-        let Some(subs) = self.channels.get_mut(&d.channel) else { return false };
+        let Some(subs) = self.channels.get_mut(&d.channel) else {
+            return false;
+        };
         let frame = frame::text(&d.payload);
         let len = frame.len();
         let mut n = 0u64;
         for &key in &subs.subscribers {
-            let Some(conn) = self.conns.get_mut(key as usize) else { continue };
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                continue;
+            };
             if conn.closing.is_some() {
                 continue;
             }
@@ -509,38 +577,72 @@ impl ShardState {
                 self.dirty.push(key);
             }
         }
-        for (_, held) in subs.recovering.iter_mut() {
-            held.push((d.offset, frame.clone()));
+        if !subs.joining.is_empty() {
+            let conns = &mut self.conns;
+            let dirty = &mut self.dirty;
+            let live = &mut subs.subscribers;
+            subs.joining.retain_mut(|j| match j.after {
+                None => {
+                    j.held.push((d.offset, frame.clone()));
+                    true
+                }
+                Some(after) if d.offset != 0 && d.offset <= after => true,
+                Some(_) => {
+                    if let Some(conn) = conns.get_mut(j.key as usize) {
+                        conn.out.push(frame.clone());
+                        n += 1;
+                        if !conn.dirty {
+                            conn.dirty = true;
+                            dirty.push(j.key);
+                        }
+                    }
+                    if d.offset == 0 {
+                        true
+                    } else {
+                        live.push(j.key);
+                        false
+                    }
+                }
+            });
         }
         self.deliveries += n;
         true
     }
 
-    /// Registers `key` as subscribing to `ch` (held in "recovering" until activated).
+    /// Registers `key` as subscribing to `ch` (joining: live publications are held).
     /// Returns true when the channel is new on this shard.
-    pub fn add_recovering(&mut self, ch: &ChannelName, key: u32) -> bool {
+    pub fn add_joining(&mut self, ch: &ChannelName, key: u32) -> bool {
         let mut new = false;
         let subs = self.channels.entry(ch.clone()).or_insert_with(|| {
             new = true;
             ChannelSubs::default()
         });
-        subs.recovering.push((key, Vec::new()));
+        subs.joining.push(Joining {
+            key,
+            after: None,
+            held: Vec::new(),
+        });
         self.subscriptions += 1;
         new
     }
 
-    /// Moves `key` from recovering to live, queueing the publications held meanwhile that come
-    /// after `after` (and every push without an offset).
+    /// Called right after the subscribe reply (covering the stream up to `after`) was queued:
+    /// queues the held publications that come after it (and every push without an offset).
     pub fn activate(&mut self, ch: &ChannelName, key: u32, after: u64) {
-        let Some(subs) = self.channels.get_mut(ch) else { return };
-        let Some(i) = subs.recovering.iter().position(|(k, _)| *k == key) else { return };
-        let (_, held) = subs.recovering.swap_remove(i);
-        subs.subscribers.push(key);
-        if let Some(conn) = self.conns.get_mut(key as usize) {
-            for (offset, frame) in held {
-                if offset == 0 || offset > after {
-                    conn.out.push(frame);
-                }
+        let Some(subs) = self.channels.get_mut(ch) else {
+            return;
+        };
+        let Some(j) = subs.joining.iter_mut().find(|j| j.key == key) else {
+            return;
+        };
+        j.after = Some(after);
+        let held = std::mem::take(&mut j.held);
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        for (offset, frame) in held {
+            if offset == 0 || offset > after {
+                conn.out.push(frame);
             }
         }
     }
@@ -548,13 +650,15 @@ impl ShardState {
     /// Removes `key` from `ch`'s local subscribers. Returns true when the channel has no local
     /// subscriber left.
     pub fn remove_subscriber(&mut self, ch: &ChannelName, key: u32) -> bool {
-        let Some(subs) = self.channels.get_mut(ch) else { return false };
+        let Some(subs) = self.channels.get_mut(ch) else {
+            return false;
+        };
         if let Some(i) = subs.subscribers.iter().position(|k| *k == key) {
             subs.subscribers.swap_remove(i);
-        } else if let Some(i) = subs.recovering.iter().position(|(k, _)| *k == key) {
-            subs.recovering.swap_remove(i);
+        } else if let Some(i) = subs.joining.iter().position(|j| j.key == key) {
+            subs.joining.swap_remove(i);
         }
-        if subs.subscribers.is_empty() && subs.recovering.is_empty() {
+        if subs.subscribers.is_empty() && subs.joining.is_empty() {
             self.channels.remove(ch);
             true
         } else {
@@ -562,7 +666,7 @@ impl ShardState {
         }
     }
 
-    /// Undo of `add_recovering` for a subscribe that failed; returns true when the channel is
+    /// Undo of `add_joining` for a subscribe that failed; returns true when the channel is
     /// gone from the shard.
     pub fn abort_subscribe(&mut self, ch: &ChannelName, key: u32) -> bool {
         self.subscriptions -= 1;

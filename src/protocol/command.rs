@@ -26,15 +26,35 @@ pub struct Command {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum CommandKind {
-    Connect { token: Option<String> },
-    Refresh { token: String },
-    Subscribe { channel: String, recover: Option<Position> },
-    Unsubscribe { channel: String },
+    Connect {
+        token: Option<String>,
+    },
+    Refresh {
+        token: String,
+    },
+    Subscribe {
+        channel: String,
+        recover: Option<Position>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
     /// `data` is the raw JSON text, passed through to subscribers without re-encoding.
-    Publish { channel: String, data: Bytes },
-    Presence { channel: String },
-    PresenceStats { channel: String },
-    History { channel: String, limit: Option<usize>, since: Option<Position> },
+    Publish {
+        channel: String,
+        data: Bytes,
+    },
+    Presence {
+        channel: String,
+    },
+    PresenceStats {
+        channel: String,
+    },
+    History {
+        channel: String,
+        limit: Option<usize>,
+        since: Option<Position>,
+    },
     Ping,
 }
 
@@ -210,13 +230,24 @@ mod tests {
     fn parses_every_command() {
         let c = parse(br#"{"id":1,"connect":{"token":"abc"}}"#).unwrap();
         assert_eq!(c.id, Some(1));
-        assert_eq!(c.kind, CommandKind::Connect { token: Some("abc".into()) });
-        let c = parse(br#"{"id":2,"subscribe":{"channel":"room:42","recover":{"offset":17,"epoch":"k3x9"}}}"#).unwrap();
+        assert_eq!(
+            c.kind,
+            CommandKind::Connect {
+                token: Some("abc".into())
+            }
+        );
+        let c = parse(
+            br#"{"id":2,"subscribe":{"channel":"room:42","recover":{"offset":17,"epoch":"k3x9"}}}"#,
+        )
+        .unwrap();
         assert_eq!(
             c.kind,
             CommandKind::Subscribe {
                 channel: "room:42".into(),
-                recover: Some(Position { offset: 17, epoch: "k3x9".into() })
+                recover: Some(Position {
+                    offset: 17,
+                    epoch: "k3x9".into()
+                })
             }
         );
         let c = parse(br#"{"id":4,"publish":{"channel":"room:42","data":{"text":"hi"}}}"#).unwrap();
@@ -224,13 +255,18 @@ mod tests {
             CommandKind::Publish { data, .. } => assert_eq!(&data[..], br#"{"text":"hi"}"#),
             other => panic!("{other:?}"),
         }
-        assert_eq!(parse(br#"{"id":8,"ping":{}}"#).unwrap().kind, CommandKind::Ping);
+        assert_eq!(
+            parse(br#"{"id":8,"ping":{}}"#).unwrap().kind,
+            CommandKind::Ping
+        );
         assert!(matches!(
             parse(br#"{"id":7,"history":{"channel":"a","limit":50,"since":{"offset":10,"epoch":"e"}}}"#).unwrap().kind,
             CommandKind::History { limit: Some(50), .. }
         ));
         assert!(matches!(
-            parse(br#"{"id":6,"presence_stats":{"channel":"a"}}"#).unwrap().kind,
+            parse(br#"{"id":6,"presence_stats":{"channel":"a"}}"#)
+                .unwrap()
+                .kind,
             CommandKind::PresenceStats { .. }
         ));
     }

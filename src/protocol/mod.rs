@@ -23,13 +23,17 @@ impl ChannelName {
 
     pub fn parse(s: &str) -> Result<Self, ClientError> {
         if s.is_empty() || s.len() > Self::MAX_LEN {
-            return Err(ClientError::BadRequest("channel name must be 1..=255 bytes"));
+            return Err(ClientError::BadRequest(
+                "channel name must be 1..=255 bytes",
+            ));
         }
         let ok = s
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"_-:.@=,".contains(&b));
         if !ok {
-            return Err(ClientError::BadRequest("channel name has a character outside [A-Za-z0-9_-:.@=,]"));
+            return Err(ClientError::BadRequest(
+                "channel name has a character outside [A-Za-z0-9_-:.@=,]",
+            ));
         }
         Ok(ChannelName(Arc::from(s)))
     }
@@ -83,6 +87,9 @@ mod tests {
         let c = ChannelName::parse("room:42:extra").unwrap();
         assert_eq!(c.namespace(), "room");
         assert_eq!(ChannelName::parse("lobby").unwrap().namespace(), "");
-        assert_eq!(ChannelName::parse("user:17").unwrap().personal_user(), Some("17"));
+        assert_eq!(
+            ChannelName::parse("user:17").unwrap().personal_user(),
+            Some("17")
+        );
     }
 }

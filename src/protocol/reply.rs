@@ -24,8 +24,14 @@ pub fn publication_body(out: &mut Vec<u8>, offset: u64, data: &[u8], info: Optio
 }
 
 /// `{"channel":"room:42","pub":{"offset":22,"data":{…},"info":{…}}}`
-pub fn publication(channel: &ChannelName, offset: u64, data: &[u8], info: Option<&[u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40 + channel.as_str().len() + data.len() + info.map_or(0, |i| i.len()));
+pub fn publication(
+    channel: &ChannelName,
+    offset: u64,
+    data: &[u8],
+    info: Option<&[u8]>,
+) -> Vec<u8> {
+    let mut out =
+        Vec::with_capacity(40 + channel.as_str().len() + data.len() + info.map_or(0, |i| i.len()));
     // Channel names are restricted to characters that need no JSON escaping.
     out.extend_from_slice(b"{\"channel\":\"");
     out.extend_from_slice(channel.as_str().as_bytes());
@@ -124,17 +130,23 @@ mod tests {
     fn replies() {
         let v: Value = serde_json::from_slice(&result(Some(4), &serde_json::json!({}))).unwrap();
         assert_eq!(v["id"], 4);
-        let v: Value = serde_json::from_slice(&error(Some(4), &ClientError::PermissionDenied)).unwrap();
+        let v: Value =
+            serde_json::from_slice(&error(Some(4), &ClientError::PermissionDenied)).unwrap();
         assert_eq!(v["error"]["code"], 103);
         assert_eq!(v["error"]["message"], "permission denied");
-        let v: Value = serde_json::from_slice(&error(None, &ClientError::BadRequest("malformed JSON"))).unwrap();
+        let v: Value =
+            serde_json::from_slice(&error(None, &ClientError::BadRequest("malformed JSON")))
+                .unwrap();
         assert!(v.get("id").is_none());
         assert_eq!(v["error"]["code"], 107);
     }
 
     #[test]
     fn publications_list() {
-        let raw = publications_array(vec![(1, &b"1"[..], None), (2, &b"{\"a\":2}"[..], Some(&b"{}"[..]))]);
+        let raw = publications_array(vec![
+            (1, &b"1"[..], None),
+            (2, &b"{\"a\":2}"[..], Some(&b"{}"[..])),
+        ]);
         let v: Value = serde_json::from_str(raw.get()).unwrap();
         assert_eq!(v[1]["offset"], 2);
         assert_eq!(v[1]["data"]["a"], 2);

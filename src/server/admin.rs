@@ -25,12 +25,17 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
         let node = node.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handle(node.clone(), req));
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
 
-async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    node: Arc<Node>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let text = |status: u16, body: &'static str| {
         Response::builder()
             .status(status)
@@ -40,7 +45,9 @@ async fn handle(node: Arc<Node>, req: Request<Incoming>) -> Result<Response<Full
     };
     Ok(match req.uri().path() {
         "/metrics" => {
-            metrics().scheduled_pending.set(node.broker.scheduled_pending() as i64);
+            metrics()
+                .scheduled_pending
+                .set(node.broker.scheduled_pending() as i64);
             metrics().broker_up.set(node.broker.is_up() as i64);
             Response::builder()
                 .header("content-type", "text/plain; version=0.0.4")

@@ -51,6 +51,7 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
         // Keep a reserve for listeners, the broker, logs and API connections.
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
         (lim.rlim_cur as u64).saturating_sub(100)
     }
 }
@@ -80,12 +81,14 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     for _ in 1..shards {
         listeners.push(bind_reuseport(public, config.listen.backlog)?);
     }
-    let admin_listener =
-        std::net::TcpListener::bind(admin).map_err(|e| anyhow::anyhow!("listen.admin {admin}: {e}"))?;
+    let admin_listener = std::net::TcpListener::bind(admin)
+        .map_err(|e| anyhow::anyhow!("listen.admin {admin}: {e}"))?;
     admin_listener.set_nonblocking(true)?;
     let admin = admin_listener.local_addr()?;
 
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let (hub, inboxes) = Hub::new(shards);
         let broker = crate::broker::build(&config.broker.kind, hub.clone())?;
@@ -136,7 +139,9 @@ async fn report_scheduled(node: Arc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        metrics().scheduled_pending.set(node.broker.scheduled_pending() as i64);
+        metrics()
+            .scheduled_pending
+            .set(node.broker.scheduled_pending() as i64);
         metrics().broker_up.set(node.broker.is_up() as i64);
     }
 }
@@ -188,8 +193,12 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             _ = shard.drain_started.notified() => return,
         };
         if pending.get() >= max_pending {
-            metrics().handshake_failures.with_label_values(&["throttled"]).inc();
-            let _ = stream.try_write(b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\nretry-after: 1\r\n\r\n");
+            metrics()
+                .handshake_failures
+                .with_label_values(&["throttled"])
+                .inc();
+            const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 66\r\nconnection: close\r\nretry-after: 1\r\n\r\n{\"error\":{\"code\":110,\"message\":\"too many handshakes in progress\"}}";
+            let _ = stream.try_write(BUSY);
             continue;
         }
         let _ = stream.set_nodelay(true);

@@ -44,7 +44,10 @@ pub async fn serve_http(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) 
         } else {
             return; // the client went away
         };
-        metrics().handshake_failures.with_label_values(&[reason]).inc();
+        metrics()
+            .handshake_failures
+            .with_label_values(&[reason])
+            .inc();
     }
 }
 
@@ -52,12 +55,17 @@ pub fn json_response(status: u16, body: &serde_json::Value) -> Response<Body> {
     Response::builder()
         .status(status)
         .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(serde_json::to_vec(body).expect("json"))))
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(body).expect("json"),
+        )))
         .expect("response")
 }
 
 pub fn error_response(status: u16, code: u16, message: &str) -> Response<Body> {
-    json_response(status, &serde_json::json!({"error": {"code": code, "message": message}}))
+    json_response(
+        status,
+        &serde_json::json!({"error": {"code": code, "message": message}}),
+    )
 }
 
 async fn route(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -87,7 +95,9 @@ enum AuthPlan {
 fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
     let m = metrics();
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
-        m.handshake_failures.with_label_values(&["bad_request"]).inc();
+        m.handshake_failures
+            .with_label_values(&["bad_request"])
+            .inc();
         return error_response(426, 107, "WebSocket upgrade required");
     }
     let node = &shard.node;
@@ -99,7 +109,9 @@ fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
     let response = match fastwebsockets::upgrade::upgrade(&mut req) {
         Ok((response, _)) => response,
         Err(_) => {
-            m.handshake_failures.with_label_values(&["bad_request"]).inc();
+            m.handshake_failures
+                .with_label_values(&["bad_request"])
+                .inc();
             return error_response(400, 107, "bad WebSocket handshake");
         }
     };
@@ -126,11 +138,17 @@ fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
     let shard = shard.clone();
     tokio::task::spawn_local(async move {
         let Ok(upgraded) = on_upgrade.await else {
-            metrics().handshake_failures.with_label_values(&["upgrade"]).inc();
+            metrics()
+                .handshake_failures
+                .with_label_values(&["upgrade"])
+                .inc();
             return;
         };
         let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
-            metrics().handshake_failures.with_label_values(&["upgrade"]).inc();
+            metrics()
+                .handshake_failures
+                .with_label_values(&["upgrade"])
+                .inc();
             return;
         };
         let stream = parts.io.into_inner();
@@ -153,9 +171,12 @@ fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
                 let client_n = shard.state.borrow().conns[key].client;
                 let client = shard.node.client_name(client_n);
                 let cfg = &shard.node.config.auth;
-                let verdict = proxy::connect(&cfg.proxy_url, headers, &client, cfg.proxy_timeout.0).await;
+                let verdict =
+                    proxy::connect(&cfg.proxy_url, headers, &client, cfg.proxy_timeout.0).await;
                 let mut st = shard.state.borrow_mut();
-                let Some(conn) = st.conns.get_mut(key) else { return };
+                let Some(conn) = st.conns.get_mut(key) else {
+                    return;
+                };
                 if conn.client != client_n {
                     return; // the slot was reused: that connection is gone
                 }
@@ -168,8 +189,13 @@ fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
                         shard.flush(key);
                     }
                     Ok(_) => {}
+                    // A client that authenticated with a token meanwhile keeps that identity.
+                    Err(_) if conn.identity.is_some() => {}
                     Err(e) => {
-                        metrics().handshake_failures.with_label_values(&["auth"]).inc();
+                        metrics()
+                            .handshake_failures
+                            .with_label_values(&["auth"])
+                            .inc();
                         conn.close(e.close_code());
                     }
                 }
@@ -226,8 +252,14 @@ mod tests {
 
     #[test]
     fn query_params() {
-        assert_eq!(query_param("a=1&token=abc.def", "token").as_deref(), Some("abc.def"));
-        assert_eq!(query_param("token=a%2Eb%3d", "token").as_deref(), Some("a.b="));
+        assert_eq!(
+            query_param("a=1&token=abc.def", "token").as_deref(),
+            Some("abc.def")
+        );
+        assert_eq!(
+            query_param("token=a%2Eb%3d", "token").as_deref(),
+            Some("a.b=")
+        );
         assert_eq!(query_param("x=1", "token"), None);
         assert_eq!(query_param("token=%", "token").as_deref(), Some("%"));
         assert_eq!(query_param("token=%4", "token").as_deref(), Some("%4"));

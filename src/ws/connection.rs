@@ -52,6 +52,8 @@ pub struct Connection {
     pub ping_sent: Option<u32>,
     pub auth_deadline: u32,
     pub closing: Option<CloseCode>,
+    /// A close code and reason chosen by the backend (`/api/disconnect`).
+    pub custom_close: Option<Box<(u16, String)>>,
     /// The socket took less than we had: the task waits for writability and flushes.
     pub blocked: bool,
     /// Queued output not yet flushed in this fan-out batch.
@@ -77,6 +79,7 @@ impl Connection {
             ping_sent: None,
             auth_deadline,
             closing: None,
+            custom_close: None,
             blocked: false,
             dirty: false,
             window_start: now,
@@ -92,6 +95,25 @@ impl Connection {
                 w.wake_by_ref();
             }
         }
+    }
+
+    /// A fixed one-second window: over `limit` commands → error 110; at twice the limit the
+    /// client is not listening to its errors → close 4006.
+    pub fn rate_limit(&mut self, limit: u32) -> Result<(), ClientError> {
+        let now = clock();
+        if self.window_start != now {
+            self.window_start = now;
+            self.window_count = 0;
+        }
+        self.window_count += 1;
+        if self.window_count > limit.saturating_mul(2) {
+            self.close(CloseCode::TooManyRequests);
+            return Err(ClientError::TooManyRequests);
+        }
+        if self.window_count > limit {
+            return Err(ClientError::TooManyRequests);
+        }
+        Ok(())
     }
 
     pub fn wake(&self) {
@@ -187,16 +209,27 @@ async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, peer_code
             (None, Some(CloseCode::Gone)) | (None, None) => 1006,
             (None, Some(code)) => {
                 if code == CloseCode::SlowConsumer {
-                    conn.out.clear();
+                    conn.out.drop_unsent();
                 }
-                conn.out.push(frame::close(code.as_u16(), code.reason()));
-                code.as_u16()
+                match conn.custom_close.take() {
+                    Some(custom) => {
+                        conn.out.push(frame::close(custom.0, &custom.1));
+                        custom.0
+                    }
+                    None => {
+                        conn.out.push(frame::close(code.as_u16(), code.reason()));
+                        code.as_u16()
+                    }
+                }
             }
         }
     };
     if code != 1006 {
         let _ = tokio::time::timeout(CLOSE_FLUSH_DEADLINE, async {
             loop {
+                if let Some(conn) = shard.state.borrow_mut().conns.get_mut(key) {
+                    conn.blocked = false;
+                }
                 if shard.flush(key) {
                     break;
                 }
@@ -214,6 +247,7 @@ async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, peer_code
 /// Reads everything available (up to a budget) through the shard's scratch buffer.
 fn read_frames(shard: &Rc<Shard>, key: usize, stream: &TcpStream) -> ReadOutcome {
     let max = shard.node.config.limits.max_message_size;
+    let rate = shard.node.config.limits.commands_per_second;
     let mut commands = Vec::new();
     let mut scratch = shard.scratch.borrow_mut();
     let mut st = shard.state.borrow_mut();
@@ -256,7 +290,7 @@ fn read_frames(shard: &Rc<Shard>, key: usize, stream: &TcpStream) -> ReadOutcome
             pos = end;
             let payload = &mut scratch[start..end];
             frame::unmask(payload, header.mask);
-            match on_frame(conn, &header, payload, max, &mut commands) {
+            match on_frame(conn, &header, payload, max, rate, &mut commands) {
                 Ok(None) => {}
                 Ok(Some(peer_close)) => return ReadOutcome::PeerClosed(peer_close),
                 Err(code) => {
@@ -289,6 +323,7 @@ fn on_frame(
     h: &FrameHeader,
     payload: &[u8],
     max: usize,
+    rate: u32,
     commands: &mut Vec<Command>,
 ) -> Result<Option<u16>, CloseCode> {
     match h.opcode {
@@ -310,7 +345,7 @@ fn on_frame(
                 return Err(CloseCode::BadRequest);
             }
             if h.fin {
-                on_message(conn, payload, commands);
+                on_message(conn, payload, commands, rate);
             } else {
                 conn.fragment = Some(Box::new(Fragment {
                     opcode: h.opcode,
@@ -330,7 +365,7 @@ fn on_frame(
             frag.data.extend_from_slice(payload);
             if h.fin {
                 let frag = conn.fragment.take().expect("fragment");
-                on_message(conn, &frag.data, commands);
+                on_message(conn, &frag.data, commands, rate);
             }
             Ok(None)
         }
@@ -338,13 +373,20 @@ fn on_frame(
 }
 
 /// A complete message: one JSON command. A malformed one is answered with 107 and counted; the
-/// connection stays open (a client sending garbage repeatedly hits the rate limit).
-fn on_message(conn: &mut Connection, msg: &[u8], commands: &mut Vec<Command>) {
+/// connection stays open, but malformed frames count against the rate limit like commands.
+fn on_message(conn: &mut Connection, msg: &[u8], commands: &mut Vec<Command>, rate: u32) {
     match command::parse(msg) {
         Ok(cmd) => commands.push(cmd),
         Err(e) => {
+            if conn.rate_limit(rate).is_err() {
+                // Past the limit garbage isn't even answered.
+                return;
+            }
             crate::metrics::count_error(e.error.code());
-            metrics().client_commands.with_label_values(&["invalid"]).inc();
+            metrics()
+                .client_commands
+                .with_label_values(&["invalid"])
+                .inc();
             conn.queue_text(&reply::error(e.id, &e.error));
             if e.error == (ClientError::BadRequest("malformed JSON")) && conn.identity.is_none() {
                 // Garbage before authentication: this is not one of our clients.
@@ -356,7 +398,11 @@ fn on_message(conn: &mut Connection, msg: &[u8], commands: &mut Vec<Command>) {
 
 /// The `connected` push / connect result body.
 pub fn connected_body(shard: &Shard, conn: &Connection) -> serde_json::Value {
-    let user = conn.identity.as_ref().map(|i| i.user.to_string()).unwrap_or_default();
+    let user = conn
+        .identity
+        .as_ref()
+        .map(|i| i.user.to_string())
+        .unwrap_or_default();
     serde_json::json!({
         "client": shard.node.client_name(conn.client),
         "user": user,

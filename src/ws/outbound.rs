@@ -17,6 +17,8 @@ const MAX_IOV: usize = 64;
 pub struct OutboundQueue {
     frames: VecDeque<Bytes>,
     bytes: usize,
+    /// The front frame is partly written: it must be finished before anything else is sent.
+    front_started: bool,
 }
 
 /// What a flush achieved.
@@ -43,10 +45,26 @@ impl OutboundQueue {
         self.frames.is_empty()
     }
 
-    /// Drops everything queued (a slow consumer being closed) and frees the queue's memory.
+    /// Drops everything queued and frees the queue's memory (the peer is gone).
     pub fn clear(&mut self) {
         self.frames = VecDeque::new();
         self.bytes = 0;
+        self.front_started = false;
+    }
+
+    /// Drops every frame not yet started (a slow consumer being closed), keeping a partly
+    /// written front frame so that a close frame queued next still lands on a frame boundary.
+    pub fn drop_unsent(&mut self) {
+        let keep = if self.front_started {
+            self.frames.pop_front()
+        } else {
+            None
+        };
+        self.clear();
+        if let Some(front) = keep {
+            self.front_started = true;
+            self.push(front);
+        }
     }
 
     /// Writes as much as the socket takes with `write` (a non-blocking vectored writer).
@@ -89,8 +107,10 @@ impl OutboundQueue {
             if front.len() <= n {
                 n -= front.len();
                 self.frames.pop_front();
+                self.front_started = false;
             } else {
                 front.advance(n);
+                self.front_started = true;
                 n = 0;
             }
         }
@@ -140,6 +160,29 @@ mod tests {
         assert_eq!(r, (7, Flushed::All));
         assert_eq!(out, b"helloworld");
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn drop_unsent_keeps_a_started_frame() {
+        let mut q = OutboundQueue::default();
+        q.push(Bytes::from_static(b"hello"));
+        q.push(Bytes::from_static(b"world"));
+        let mut first = true;
+        q.flush_with(|_| {
+            if std::mem::take(&mut first) {
+                Ok(2)
+            } else {
+                Err(io::ErrorKind::WouldBlock.into())
+            }
+        })
+        .unwrap();
+        // 2 bytes of "hello" are out; the rest of it must still go before anything else.
+        q.drop_unsent();
+        assert_eq!(q.bytes(), 3);
+        let mut q2 = OutboundQueue::default();
+        q2.push(Bytes::from_static(b"hello"));
+        q2.drop_unsent();
+        assert!(q2.is_empty());
     }
 
     #[test]

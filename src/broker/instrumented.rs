@@ -1,0 +1,172 @@
+//! Wraps any broker to time every operation (`ferrocast_broker_latency_seconds{op}`) and count
+//! failures (`ferrocast_broker_errors_total{op}`), so each implementation gets the same metrics
+//! without repeating them.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use prometheus::{Histogram, IntCounter};
+
+use super::{
+    Broker, BrokerError, ChannelOptions, Control, HistoryResult, NodeInfo, PresenceEntry,
+    PublishRequest, Published,
+};
+use crate::metrics::metrics;
+use crate::protocol::{ChannelName, Position};
+
+/// Every operation label, created at start so dashboards see zeros rather than no series.
+pub const OPS: &[&str] = &[
+    "publish",
+    "schedule",
+    "publish_control",
+    "history",
+    "subscribe",
+    "unsubscribe",
+    "presence_add",
+    "presence_remove",
+    "presence",
+    "presence_stats",
+    "control",
+    "nodes",
+];
+
+struct Op {
+    latency: Histogram,
+    errors: IntCounter,
+}
+
+pub struct Instrumented {
+    inner: Arc<dyn Broker>,
+    /// Label handles resolved once (a label lookup takes a lock inside prometheus).
+    ops: Vec<Op>,
+}
+
+impl Instrumented {
+    pub fn wrap(inner: Arc<dyn Broker>) -> Arc<dyn Broker> {
+        let m = metrics();
+        let ops = OPS
+            .iter()
+            .map(|op| Op {
+                latency: m.broker_latency.with_label_values(&[op]),
+                errors: m.broker_errors.with_label_values(&[op]),
+            })
+            .collect();
+        Arc::new(Instrumented { inner, ops })
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &str,
+        fut: impl Future<Output = Result<T, BrokerError>>,
+    ) -> Result<T, BrokerError> {
+        let i = OPS.iter().position(|o| *o == op).expect("known op");
+        let start = Instant::now();
+        let r = fut.await;
+        self.ops[i].latency.observe(start.elapsed().as_secs_f64());
+        // An unrecoverable position is an answer, not a broker failure.
+        if matches!(r, Err(BrokerError::Unavailable(_))) {
+            self.ops[i].errors.inc();
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl Broker for Instrumented {
+    async fn publish(&self, req: PublishRequest) -> Result<Published, BrokerError> {
+        self.timed("publish", self.inner.publish(req)).await
+    }
+
+    async fn schedule(
+        &self,
+        at: SystemTime,
+        req: PublishRequest,
+    ) -> Result<Published, BrokerError> {
+        self.timed("schedule", self.inner.schedule(at, req)).await
+    }
+
+    async fn publish_control(
+        &self,
+        channel: &ChannelName,
+        payload: Bytes,
+    ) -> Result<(), BrokerError> {
+        self.timed(
+            "publish_control",
+            self.inner.publish_control(channel, payload),
+        )
+        .await
+    }
+
+    async fn history(
+        &self,
+        channel: &ChannelName,
+        options: ChannelOptions,
+        since: Option<&Position>,
+        limit: Option<usize>,
+    ) -> Result<HistoryResult, BrokerError> {
+        self.timed(
+            "history",
+            self.inner.history(channel, options, since, limit),
+        )
+        .await
+    }
+
+    async fn subscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        self.timed("subscribe", self.inner.subscribe(channel)).await
+    }
+
+    async fn unsubscribe(&self, channel: &ChannelName) -> Result<(), BrokerError> {
+        self.timed("unsubscribe", self.inner.unsubscribe(channel))
+            .await
+    }
+
+    async fn presence_add(
+        &self,
+        channel: &ChannelName,
+        entry: PresenceEntry,
+        ttl: Duration,
+    ) -> Result<(), BrokerError> {
+        self.timed("presence_add", self.inner.presence_add(channel, entry, ttl))
+            .await
+    }
+
+    async fn presence_remove(
+        &self,
+        channel: &ChannelName,
+        client: &str,
+    ) -> Result<(), BrokerError> {
+        self.timed(
+            "presence_remove",
+            self.inner.presence_remove(channel, client),
+        )
+        .await
+    }
+
+    async fn presence(&self, channel: &ChannelName) -> Result<Vec<PresenceEntry>, BrokerError> {
+        self.timed("presence", self.inner.presence(channel)).await
+    }
+
+    async fn presence_stats(&self, channel: &ChannelName) -> Result<(usize, usize), BrokerError> {
+        self.timed("presence_stats", self.inner.presence_stats(channel))
+            .await
+    }
+
+    async fn control(&self, msg: Control) -> Result<(), BrokerError> {
+        self.timed("control", self.inner.control(msg)).await
+    }
+
+    async fn nodes(&self, local: NodeInfo) -> Result<Vec<NodeInfo>, BrokerError> {
+        self.timed("nodes", self.inner.nodes(local)).await
+    }
+
+    fn scheduled_pending(&self) -> usize {
+        self.inner.scheduled_pending()
+    }
+
+    fn is_up(&self) -> bool {
+        self.inner.is_up()
+    }
+}
