@@ -1,0 +1,648 @@
+//! Turning what the run gathered into figures: the checks and exit status, the final table, and
+//! the JSON document (`--json`) that carries every figure.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::plan::{Kind, Plan};
+use crate::run::{Ending, Gathered, SeriesPoint};
+use crate::stats::{self, merge_reasons, Summary};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    pub wsbench_version: &'static str,
+    pub scenario: &'static str,
+    pub url: String,
+    pub api_url: String,
+    pub run_id: u64,
+    pub started_unix_s: f64,
+    pub duration_s: f64,
+    pub outcome: Outcome,
+    pub config: ConfigFig,
+    pub connections: ConnFig,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficFig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub churn: Option<ChurnFig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub raw: Option<RawFig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerFig>,
+    pub client: ClientFig,
+    /// Latency distribution: (bucket upper bound ms, count), log-spaced.
+    pub latency_histogram: Vec<Bucket>,
+    pub series: Vec<SeriesPoint>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub passed: bool,
+    pub exit_code: i32,
+    pub ending: &'static str,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigFig {
+    pub connections: u64,
+    pub procs: u32,
+    pub channels: u64,
+    pub messages: u64,
+    pub rate: Option<f64>,
+    pub flood: bool,
+    pub inflight: u64,
+    pub size: usize,
+    pub connect_rate: f64,
+    pub hold_s: f64,
+    pub room_size: u64,
+    pub churn_rate: f64,
+    pub src_addresses: usize,
+    pub token_in_url: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnFig {
+    pub target: u64,
+    pub connected: u64,
+    pub failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    /// Sockets the node (or the network) closed, by close code or error.
+    pub disconnects: BTreeMap<String, u64>,
+    pub ramp_s: f64,
+    pub achieved_rate_per_s: f64,
+    /// TCP connect → 101 Switching Protocols.
+    pub upgrade_ms: Summary,
+    /// TCP connect → connect reply → subscribe reply (protocol mode); = upgrade in raw mode.
+    pub ready_ms: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TrafficFig {
+    /// Publications made: through the API, or by the sockets (chat).
+    pub publications: u64,
+    pub published_ok: u64,
+    pub publish_errors: BTreeMap<String, u64>,
+    pub publish_rate_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_latency_ms: Option<Summary>,
+    pub subscribers: u64,
+    pub expected_deliveries: u64,
+    pub deliveries: u64,
+    pub unique_deliveries: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    /// Publications that were not this run's (another run, another publisher).
+    pub foreign: u64,
+    pub subscribers_with_loss: u64,
+    pub traffic_s: f64,
+    pub deliveries_per_s: f64,
+    /// Publish → receive at the client, from the timestamp inside each publication.
+    pub latency_ms: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ChurnFig {
+    pub reconnects: u64,
+    pub reconnect_ms: Summary,
+    pub recovered_publications: u64,
+    pub recover_failed: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RawFig {
+    pub sent: u64,
+    pub received: u64,
+    pub bytes_in: u64,
+    pub echo: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lost: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<Summary>,
+    pub received_per_s: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerFig {
+    pub pid: u32,
+    pub rss_start_kib: u64,
+    pub rss_connected_kib: u64,
+    pub rss_peak_kib: u64,
+    pub rss_end_kib: u64,
+    pub sockets_at_sample: u64,
+    /// (RSS with the sockets open − RSS before) / sockets.
+    pub rss_per_socket_bytes: f64,
+    pub cpu_s: f64,
+    pub cpu_ramp_s: f64,
+    pub cpu_traffic_s: f64,
+    pub cpu_us_per_connection: f64,
+    pub cpu_us_per_delivery: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientFig {
+    pub procs: u32,
+    pub cpu_s: f64,
+    pub worker_errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Bucket {
+    pub le_ms: f64,
+    pub count: u64,
+}
+
+fn merged(g: &Gathered, pick: impl Fn(&stats::WorkerReport) -> &String) -> Histogram<u64> {
+    let mut h = stats::new_hist();
+    for r in &g.reports {
+        if let Ok(x) = stats::decode_hist(pick(r)) {
+            stats::merge_into(&mut h, &x);
+        }
+    }
+    h
+}
+
+fn secs(ns_from: u64, ns_to: u64) -> f64 {
+    ns_to.saturating_sub(ns_from) as f64 / 1e9
+}
+
+fn per_s(n: u64, s: f64) -> f64 {
+    if s > 0.0 {
+        (n as f64 / s * 10.0).round() / 10.0
+    } else {
+        0.0
+    }
+}
+
+/// Builds every figure and decides the exit status.
+pub fn figures(plan: &Plan, g: &Gathered) -> (Figures, Histogram<u64>) {
+    let o = &plan.opts;
+    let sum = |f: fn(&stats::WorkerReport) -> u64| g.reports.iter().map(f).sum::<u64>();
+    let mut failures = BTreeMap::new();
+    let mut disconnects = BTreeMap::new();
+    let mut send_errors = BTreeMap::new();
+    for r in &g.reports {
+        merge_reasons(&mut failures, &r.failures);
+        merge_reasons(&mut disconnects, &r.disconnects);
+        merge_reasons(&mut send_errors, &r.send_errors);
+    }
+    let connected = sum(|r| r.connected);
+    let failed = plan.sockets.saturating_sub(connected);
+    let first = g
+        .reports
+        .iter()
+        .map(|r| r.first_attempt_ns)
+        .filter(|&v| v > 0)
+        .min()
+        .unwrap_or(0);
+    let last_conn = g
+        .reports
+        .iter()
+        .map(|r| r.last_connected_ns)
+        .max()
+        .unwrap_or(0);
+    let ramp_window = secs(first, last_conn);
+    let connections = ConnFig {
+        target: plan.sockets,
+        connected,
+        failed,
+        failures: failures.clone(),
+        disconnects: disconnects.clone(),
+        ramp_s: g.ramp_s.unwrap_or(0.0),
+        achieved_rate_per_s: per_s(connected, ramp_window),
+        upgrade_ms: stats::summarize(&merged(g, |r| &r.hist_upgrade)),
+        ready_ms: stats::summarize(&merged(g, |r| &r.hist_ready)),
+    };
+    let latency = merged(g, |r| &r.hist_latency);
+    let last_delivery = g
+        .reports
+        .iter()
+        .map(|r| r.last_delivery_ns)
+        .max()
+        .unwrap_or(0);
+    let traffic_from = g
+        .publish
+        .as_ref()
+        .map_or(g.marks.go_ns, |p| p.first_ns.max(g.marks.go_ns));
+    let traffic_s = secs(
+        traffic_from,
+        last_delivery.max(g.publish.as_ref().map_or(0, |p| p.last_ns)),
+    );
+    let deliveries = sum(|r| r.deliveries);
+    let lost = sum(|r| r.lost);
+
+    let traffic = (!plan.kind.is_connect() && plan.kind != Kind::Raw).then(|| {
+        let (publications, ok, errors, api_latency, pub_s) = match &g.publish {
+            Some(p) => (
+                p.attempted,
+                p.ok,
+                p.errors.clone(),
+                Some(stats::summarize(&p.api_latency)),
+                secs(p.first_ns, p.last_ns),
+            ),
+            None => (
+                sum(|r| r.sent),
+                sum(|r| r.sent_ok),
+                send_errors.clone(),
+                None,
+                traffic_s,
+            ),
+        };
+        TrafficFig {
+            publications,
+            published_ok: ok,
+            publish_errors: errors,
+            publish_rate_per_s: per_s(publications, pub_s),
+            api_latency_ms: api_latency,
+            subscribers: sum(|r| r.subscribers),
+            expected_deliveries: sum(|r| r.expected),
+            deliveries,
+            unique_deliveries: sum(|r| r.unique),
+            lost,
+            duplicated: sum(|r| r.duplicates),
+            foreign: sum(|r| r.foreign),
+            subscribers_with_loss: sum(|r| r.subscribers_with_loss),
+            traffic_s: (traffic_s * 1000.0).round() / 1000.0,
+            deliveries_per_s: per_s(deliveries, traffic_s),
+            latency_ms: stats::summarize(&latency),
+        }
+    });
+    let churn = (plan.kind == Kind::Churn).then(|| ChurnFig {
+        reconnects: sum(|r| r.reconnects),
+        reconnect_ms: stats::summarize(&merged(g, |r| &r.hist_reconnect)),
+        recovered_publications: sum(|r| r.recovered),
+        recover_failed: sum(|r| r.recover_failed),
+    });
+    let raw = (plan.kind == Kind::Raw).then(|| RawFig {
+        sent: sum(|r| r.sent),
+        received: sum(|r| r.received_raw),
+        bytes_in: sum(|r| r.bytes_in),
+        echo: o.echo,
+        lost: o.echo.then_some(lost),
+        rtt_ms: o.echo.then(|| stats::summarize(&latency)),
+        received_per_s: per_s(sum(|r| r.received_raw), traffic_s),
+    });
+    let server = o.server_pid.map(|pid| server_fig(pid, g, deliveries));
+
+    // Checks.
+    let mut problems: Vec<String> = g.worker_errors.clone();
+    let disconnected: u64 = disconnects.values().sum();
+    if failed + disconnected > o.max_failures {
+        problems.push(format!(
+            "{failed} socket(s) failed to connect and {disconnected} dropped (allowed: {})",
+            o.max_failures
+        ));
+    }
+    let max_lost = o.max_lost.unwrap_or(0);
+    if lost > max_lost {
+        problems.push(format!("{lost} deliveries lost (allowed: {max_lost})"));
+    }
+    if let Some(t) = &traffic {
+        let errs: u64 = t.publish_errors.values().sum();
+        if errs > 0 {
+            problems.push(format!("{errs} publication(s) failed"));
+        }
+        if t.subscribers == 0 {
+            problems.push("no subscriber connected".into());
+        }
+    }
+    if let Some(max) = o.max_p99 {
+        if latency.is_empty() {
+            problems.push(format!("--max-p99 {max}: no latency was measured"));
+        } else {
+            let p99 = latency.value_at_quantile(0.99) as f64 / 1000.0;
+            if p99 > max {
+                problems.push(format!("latency p99 {p99:.2} ms > --max-p99 {max} ms"));
+            }
+        }
+    }
+    let (ending, mut exit_code) = match g.ending {
+        Ending::Completed => ("completed", 0),
+        Ending::TimedOut => ("timed_out", 3),
+        Ending::Interrupted => ("interrupted", 130),
+    };
+    match g.ending {
+        Ending::TimedOut => problems.push(format!(
+            "--timeout {} hit",
+            humantime::format_duration(o.timeout.unwrap_or_default())
+        )),
+        Ending::Interrupted => problems.push("interrupted".into()),
+        Ending::Completed => {}
+    }
+    if exit_code == 0 && !problems.is_empty() {
+        exit_code = 1;
+    }
+    let buckets = histogram_buckets(&latency);
+    let f = Figures {
+        wsbench_version: env!("CARGO_PKG_VERSION"),
+        scenario: plan.kind.name(),
+        url: o.url.clone(),
+        api_url: format!("http://{}", plan.api.authority),
+        run_id: plan.run_id,
+        started_unix_s: g.started_ns as f64 / 1e9,
+        duration_s: (g.elapsed.as_secs_f64() * 1000.0).round() / 1000.0,
+        outcome: Outcome {
+            passed: problems.is_empty(),
+            exit_code,
+            ending,
+            problems,
+        },
+        config: ConfigFig {
+            connections: plan.sockets,
+            procs: plan.procs,
+            channels: plan.channels.len() as u64,
+            messages: o.messages,
+            rate: o.rate,
+            flood: plan.kind.api_publishes() && o.rate.is_none() && plan.kind != Kind::Churn,
+            inflight: o.inflight,
+            size: o.size,
+            connect_rate: o.connect_rate,
+            hold_s: plan.hold().as_secs_f64(),
+            room_size: o.room_size,
+            churn_rate: o.churn_rate,
+            src_addresses: plan.src.len(),
+            token_in_url: o.token_in_url,
+        },
+        connections,
+        traffic,
+        churn,
+        raw,
+        server,
+        client: ClientFig {
+            procs: plan.procs,
+            cpu_s: (g.client_cpu_s * 1000.0).round() / 1000.0,
+            worker_errors: g.worker_errors.clone(),
+        },
+        latency_histogram: buckets,
+        series: g.series.clone(),
+    };
+    (f, latency)
+}
+
+fn server_fig(pid: u32, g: &Gathered, deliveries: u64) -> ServerFig {
+    let m = &g.marks;
+    let z = crate::procfs::Sample::default();
+    let start = m.start.unwrap_or(z);
+    let ramp_end = m.ramp_end.unwrap_or(start);
+    let connected = m.held.or(m.ramp_end).unwrap_or(start);
+    let end = m.end.unwrap_or(connected);
+    let sockets = m.sockets_at_sample;
+    let growth_bytes = connected.rss_kib.saturating_sub(start.rss_kib) as f64 * 1024.0;
+    let cpu_ramp = ramp_end.cpu_s - start.cpu_s;
+    let cpu_traffic = end.cpu_s - ramp_end.cpu_s;
+    let r1 = |v: f64| (v * 10.0).round() / 10.0;
+    let r3 = |v: f64| (v * 1000.0).round() / 1000.0;
+    ServerFig {
+        pid,
+        rss_start_kib: start.rss_kib,
+        rss_connected_kib: connected.rss_kib,
+        rss_peak_kib: m.peak_rss_kib.max(connected.rss_kib).max(end.rss_kib),
+        rss_end_kib: end.rss_kib,
+        sockets_at_sample: sockets,
+        rss_per_socket_bytes: if sockets > 0 {
+            r1(growth_bytes / sockets as f64)
+        } else {
+            0.0
+        },
+        cpu_s: r3(end.cpu_s - start.cpu_s),
+        cpu_ramp_s: r3(cpu_ramp),
+        cpu_traffic_s: r3(cpu_traffic),
+        cpu_us_per_connection: if sockets > 0 {
+            r3(cpu_ramp * 1e6 / sockets as f64)
+        } else {
+            0.0
+        },
+        cpu_us_per_delivery: if deliveries > 0 {
+            r3(cpu_traffic * 1e6 / deliveries as f64)
+        } else {
+            0.0
+        },
+    }
+}
+
+fn histogram_buckets(h: &Histogram<u64>) -> Vec<Bucket> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    // Quarter-octave buckets from 10 µs: fine enough to see a shape, coarse enough to plot.
+    h.iter_log(10, 2f64.powf(0.25))
+        .map(|v| Bucket {
+            le_ms: v.value_iterated_to() as f64 / 1000.0,
+            count: v.count_since_last_iteration(),
+        })
+        .collect()
+}
+
+fn ms(s: &Summary) -> String {
+    if s.count == 0 {
+        return "-".into();
+    }
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n={})",
+        num(s.p50_ms),
+        num(s.p90_ms),
+        num(s.p99_ms),
+        num(s.p999_ms),
+        num(s.max_ms),
+        s.count
+    )
+}
+
+/// Milliseconds with sensible precision.
+pub fn num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn map(m: &BTreeMap<String, u64>) -> String {
+    if m.is_empty() {
+        return "none".into();
+    }
+    m.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Rows of (section, label, value) shared by the text table and the HTML report.
+pub fn rows(f: &Figures) -> Vec<(&'static str, String, String)> {
+    let mut r: Vec<(&'static str, String, String)> = Vec::new();
+    let mut add = |s: &'static str, k: &str, v: String| r.push((s, k.to_string(), v));
+    let c = &f.connections;
+    add(
+        "connections",
+        "connected",
+        format!("{} of {} ({} failed)", c.connected, c.target, c.failed),
+    );
+    if !c.failures.is_empty() {
+        add("connections", "failures by reason", map(&c.failures));
+    }
+    add("connections", "disconnects", map(&c.disconnects));
+    add(
+        "connections",
+        "achieved rate",
+        format!("{:.0}/s (ramp {:.2} s)", c.achieved_rate_per_s, c.ramp_s),
+    );
+    add("connections", "upgrade ms", ms(&c.upgrade_ms));
+    if f.scenario != "raw" && f.scenario != "connect-raw" {
+        add("connections", "ready ms (auth+subscribe)", ms(&c.ready_ms));
+    }
+    if let Some(t) = &f.traffic {
+        add(
+            "traffic",
+            "publications",
+            format!(
+                "{} ({} ok, {:.1}/s){}",
+                t.publications,
+                t.published_ok,
+                t.publish_rate_per_s,
+                if t.publish_errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" errors: {}", map(&t.publish_errors))
+                }
+            ),
+        );
+        if let Some(a) = &t.api_latency_ms {
+            add("traffic", "API publish ms", ms(a));
+        }
+        add("traffic", "subscribers", t.subscribers.to_string());
+        add(
+            "traffic",
+            "deliveries",
+            format!(
+                "{} of {} expected ({} unique)",
+                t.deliveries, t.expected_deliveries, t.unique_deliveries
+            ),
+        );
+        add(
+            "traffic",
+            "lost",
+            format!(
+                "{} ({} subscribers affected)",
+                t.lost, t.subscribers_with_loss
+            ),
+        );
+        add("traffic", "duplicated", t.duplicated.to_string());
+        if t.foreign > 0 {
+            add("traffic", "foreign publications", t.foreign.to_string());
+        }
+        add(
+            "traffic",
+            "deliveries/s",
+            format!("{:.0} over {:.2} s", t.deliveries_per_s, t.traffic_s),
+        );
+        add("traffic", "latency ms", ms(&t.latency_ms));
+    }
+    if let Some(ch) = &f.churn {
+        add("churn", "reconnects", ch.reconnects.to_string());
+        add("churn", "reconnect ms", ms(&ch.reconnect_ms));
+        add(
+            "churn",
+            "recovered publications",
+            ch.recovered_publications.to_string(),
+        );
+        add("churn", "recoveries refused", ch.recover_failed.to_string());
+    }
+    if let Some(x) = &f.raw {
+        add("raw", "sent", x.sent.to_string());
+        add(
+            "raw",
+            "received",
+            format!(
+                "{} ({} bytes, {:.0}/s)",
+                x.received, x.bytes_in, x.received_per_s
+            ),
+        );
+        if let Some(l) = x.lost {
+            add("raw", "lost (no echo)", l.to_string());
+        }
+        if let Some(rtt) = &x.rtt_ms {
+            add("raw", "echo rtt ms", ms(rtt));
+        }
+    }
+    if let Some(s) = &f.server {
+        add("server", "pid", s.pid.to_string());
+        add(
+            "server",
+            "RSS KiB",
+            format!(
+                "start {}  connected {}  peak {}  end {}",
+                s.rss_start_kib, s.rss_connected_kib, s.rss_peak_kib, s.rss_end_kib
+            ),
+        );
+        add(
+            "server",
+            "RSS per socket",
+            format!(
+                "{:.0} bytes ({} sockets)",
+                s.rss_per_socket_bytes, s.sockets_at_sample
+            ),
+        );
+        add(
+            "server",
+            "CPU s",
+            format!(
+                "{:.3} (ramp {:.3}, traffic {:.3})",
+                s.cpu_s, s.cpu_ramp_s, s.cpu_traffic_s
+            ),
+        );
+        add(
+            "server",
+            "CPU µs per connection",
+            format!("{:.2}", s.cpu_us_per_connection),
+        );
+        if f.traffic.is_some() {
+            add(
+                "server",
+                "CPU µs per delivery",
+                format!("{:.3}", s.cpu_us_per_delivery),
+            );
+        }
+    }
+    add(
+        "client",
+        "CPU s",
+        format!("{:.3} ({} process(es))", f.client.cpu_s, f.client.procs),
+    );
+    r
+}
+
+/// The final table (stdout).
+pub fn table(f: &Figures) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "wsbench {}  {}  run {}  {:.2} s",
+        f.scenario, f.url, f.run_id, f.duration_s
+    );
+    let rows = rows(f);
+    let width = rows
+        .iter()
+        .map(|(_, k, _)| k.chars().count())
+        .max()
+        .unwrap_or(10);
+    let mut section = "";
+    for (s, k, v) in &rows {
+        if *s != section {
+            section = s;
+            let _ = writeln!(out, "{s}");
+        }
+        let _ = writeln!(out, "  {k:<width$}  {v}");
+    }
+    if f.outcome.passed {
+        let _ = writeln!(out, "PASS");
+    } else {
+        for p in &f.outcome.problems {
+            let _ = writeln!(out, "FAIL: {p}");
+        }
+    }
+    out
+}

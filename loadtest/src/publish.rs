@@ -1,0 +1,210 @@
+//! The backend's side of the load: publications through the server API (`POST /api/publish`),
+//! at a fixed rate or flooding with a bound on publications not yet delivered.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use rand::{Rng, SeedableRng};
+use tokio::sync::{watch, Semaphore};
+
+use crate::plan::{Kind, Plan};
+use crate::proto::{self, Marker};
+use crate::stats;
+
+/// Live counters for progress output.
+#[derive(Default)]
+pub struct PubProgress {
+    pub attempted: AtomicU64,
+    pub ok: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+/// What the publisher did.
+pub struct PublishOutcome {
+    pub attempted: u64,
+    pub ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    /// API round trip, µs.
+    pub api_latency: Histogram<u64>,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Publications attempted per channel (one source each): what every subscriber expects.
+    pub counts: Vec<Vec<u64>>,
+}
+
+struct Acc {
+    errors: BTreeMap<String, u64>,
+    hist: Histogram<u64>,
+}
+
+/// A minimal API client: one keep-alive pool, one request per publication.
+#[derive(Clone)]
+pub struct Api {
+    client: Client<HttpConnector, Full<Bytes>>,
+    publish_uri: hyper::Uri,
+    auth: String,
+}
+
+impl Api {
+    pub fn new(plan: &Plan) -> Result<Api> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(plan.opts.inflight as usize)
+            .build(connector);
+        let base = format!("http://{}", plan.api.authority);
+        let publish_uri = format!("{base}/api/publish")
+            .parse()
+            .with_context(|| format!("API URL {base}"))?;
+        Ok(Api {
+            client,
+            publish_uri,
+            auth: format!("apikey {}", plan.opts.api_key),
+        })
+    }
+
+    /// One publication; `Err` carries the failure reason.
+    pub async fn publish(&self, body: String) -> Result<(), String> {
+        let req = hyper::Request::post(self.publish_uri.clone())
+            .header("authorization", &self.auth)
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| "api_bad_request".to_string())?;
+        let resp = self.client.request(req).await.map_err(|e| {
+            if e.is_connect() {
+                "api_connect_failed".to_string()
+            } else {
+                "api_io_error".to_string()
+            }
+        })?;
+        let status = resp.status();
+        let _ = resp.into_body().collect().await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("api_http_{}", status.as_u16()))
+        }
+    }
+}
+
+/// Publishes the plan's API publications. `delivered()` returns (deliveries so far, open sockets)
+/// for the flood window; `stop` ends it early.
+pub async fn run(
+    plan: Arc<Plan>,
+    progress: Arc<PubProgress>,
+    delivered: impl Fn() -> (u64, u64),
+    mut stop: watch::Receiver<bool>,
+) -> Result<PublishOutcome> {
+    let api = Api::new(&plan)?;
+    let total = plan.api_publications;
+    let nch = plan.publication_channels();
+    let mut counts = vec![vec![0u64]; nch as usize];
+    let rate = match plan.kind {
+        Kind::Churn => Some(plan.opts.rate.unwrap_or(100.0)),
+        _ => plan.opts.rate,
+    };
+    let window = plan.opts.inflight.max(1);
+    let sem = Arc::new(Semaphore::new(window as usize));
+    let acc = Arc::new(Mutex::new(Acc {
+        errors: BTreeMap::new(),
+        hist: stats::new_hist(),
+    }));
+    let first_ns = stats::now_ns();
+    let start = Instant::now();
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let mut stall = (0u64, Instant::now());
+
+    for k in 0..total {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        match rate {
+            Some(r) => {
+                let due = start + Duration::from_secs_f64(k as f64 / r);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.into()) => {}
+                    _ = stop.changed() => break,
+                }
+            }
+            None => {
+                // Flood: stay at most `window` publications ahead of what subscribers received.
+                loop {
+                    let (d, open) = delivered();
+                    if open == 0 {
+                        break;
+                    }
+                    let caught_up = d.saturating_mul(nch) / open;
+                    if k.saturating_sub(caught_up) < window {
+                        break;
+                    }
+                    if d != stall.0 {
+                        stall = (d, Instant::now());
+                    } else if stall.1.elapsed() > Duration::from_secs(1) {
+                        // Deliveries stopped (lost, or sockets gone): do not wait forever.
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+        }
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => p.expect("semaphore open"),
+            _ = stop.changed() => break,
+        };
+        // The seq is taken only once the request is sure to go: counts are what subscribers expect.
+        let ch = match plan.kind {
+            Kind::Notify => rng.gen_range(0..nch) as usize,
+            _ => (k % nch) as usize,
+        };
+        let seq = counts[ch][0];
+        counts[ch][0] += 1;
+        progress.attempted.fetch_add(1, Relaxed);
+        let (api, acc, progress, plan) = (api.clone(), acc.clone(), progress.clone(), plan.clone());
+        tokio::spawn(async move {
+            let marker = Marker {
+                run: plan.run_id,
+                src: 0,
+                seq,
+                ts: stats::now_ns(),
+            };
+            let body =
+                proto::api_publish_body(&plan.channels[ch], &proto::marker_data(&marker, plan.pad));
+            let t0 = Instant::now();
+            let r = api.publish(body).await;
+            let us = t0.elapsed().as_micros() as u64;
+            let mut a = acc.lock().expect("publisher lock");
+            stats::record(&mut a.hist, us);
+            match r {
+                Ok(()) => {
+                    progress.ok.fetch_add(1, Relaxed);
+                }
+                Err(reason) => {
+                    progress.errors.fetch_add(1, Relaxed);
+                    *a.errors.entry(reason).or_default() += 1;
+                }
+            }
+            drop(permit);
+        });
+    }
+    // Wait for requests still in flight (bounded: a dead node answers quickly).
+    let _ = tokio::time::timeout(Duration::from_secs(30), sem.acquire_many(window as u32)).await;
+    let a = acc.lock().expect("publisher lock");
+    Ok(PublishOutcome {
+        attempted: progress.attempted.load(Relaxed),
+        ok: progress.ok.load(Relaxed),
+        errors: a.errors.clone(),
+        api_latency: a.hist.clone(),
+        first_ns,
+        last_ns: stats::now_ns(),
+        counts,
+    })
+}

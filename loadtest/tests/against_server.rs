@@ -1,0 +1,223 @@
+//! wsbench against a real ferrocast node, with small counts.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{n, parse, run, wsbench, Node};
+
+/// Every subscriber gets every publication exactly once: N × M deliveries, nothing lost.
+#[test]
+fn clean_broadcast_delivers_everything() {
+    let node = Node::start();
+    let (status, v, err) = run(wsbench(&node, &["-c", "20", "-n", "50"]));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert_eq!(n(&v, "/connections/connected"), 20);
+    assert_eq!(n(&v, "/traffic/publications"), 50);
+    assert_eq!(n(&v, "/traffic/published_ok"), 50);
+    assert_eq!(n(&v, "/traffic/expected_deliveries"), 1000);
+    assert_eq!(n(&v, "/traffic/deliveries"), 1000);
+    assert_eq!(n(&v, "/traffic/unique_deliveries"), 1000);
+    assert_eq!(n(&v, "/traffic/lost"), 0);
+    assert_eq!(n(&v, "/traffic/duplicated"), 0);
+    assert_eq!(n(&v, "/traffic/latency_ms/count"), 1000);
+    assert_eq!(v["outcome"]["passed"], true);
+}
+
+/// The node dies mid-run: wsbench notices, reports the loss and fails.
+#[test]
+fn killing_the_node_mid_run_is_reported_as_loss() {
+    let mut node = Node::start();
+    let child = wsbench(
+        &node,
+        &["-c", "20", "-n", "300", "--rate", "100", "--drain", "3s"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start wsbench");
+    // The ramp takes well under a second; publishing takes 3 s.
+    std::thread::sleep(Duration::from_millis(1200));
+    node.kill9();
+    let (status, v, err) = parse(child.wait_with_output().expect("wsbench finishes"));
+    assert!(
+        !status.success(),
+        "wsbench passed a run whose node died:\n{v:#}\n{err}"
+    );
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(n(&v, "/traffic/lost") > 0, "{v:#}");
+    assert!(
+        n(&v, "/traffic/deliveries") > 0,
+        "nothing was delivered before the kill: {v:#}"
+    );
+    let dropped: u64 = v["connections"]["disconnects"]
+        .as_object()
+        .expect("disconnects map")
+        .values()
+        .filter_map(|x| x.as_u64())
+        .sum();
+    assert_eq!(dropped, 20, "{v:#}");
+    assert_eq!(v["outcome"]["passed"], false);
+}
+
+/// Two worker processes split the sockets; the parent merges counts and histograms.
+#[test]
+fn worker_processes_aggregate() {
+    let node = Node::start();
+    let (status, v, err) = run(wsbench(
+        &node,
+        &[
+            "broadcast",
+            "-c",
+            "20",
+            "-n",
+            "30",
+            "--channels",
+            "2",
+            "--procs",
+            "2",
+        ],
+    ));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert_eq!(n(&v, "/connections/connected"), 20);
+    // 30 per channel × 2 channels, each reaching 10 subscribers.
+    assert_eq!(n(&v, "/traffic/deliveries"), 600);
+    assert_eq!(n(&v, "/traffic/latency_ms/count"), 600);
+    assert_eq!(n(&v, "/traffic/lost"), 0);
+}
+
+/// Each user on `user:<id>`; notifications to random users arrive exactly once.
+#[test]
+fn notify_reaches_each_user() {
+    let node = Node::start();
+    let (status, v, err) = run(wsbench(
+        &node,
+        &["notify", "-c", "20", "-n", "200", "--rate", "400"],
+    ));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert_eq!(n(&v, "/traffic/publications"), 200);
+    assert_eq!(n(&v, "/traffic/deliveries"), 200);
+    assert_eq!(n(&v, "/traffic/lost"), 0);
+}
+
+/// Rooms of 5, every member publishing over its socket: everyone in the room gets everything.
+#[test]
+fn chat_rooms_deliver_to_every_member() {
+    let node = Node::start();
+    let (status, v, err) = run(wsbench(
+        &node,
+        &[
+            "chat",
+            "-c",
+            "20",
+            "--room-size",
+            "5",
+            "-n",
+            "4",
+            "--rate",
+            "200",
+        ],
+    ));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert_eq!(n(&v, "/traffic/publications"), 80);
+    assert_eq!(n(&v, "/traffic/published_ok"), 80);
+    // 4 rooms × 5 members × (5 members × 4 messages).
+    assert_eq!(n(&v, "/traffic/deliveries"), 400);
+    assert_eq!(n(&v, "/traffic/lost"), 0);
+}
+
+/// Sockets leave and come back with `recover` while publications flow: nothing is lost.
+#[test]
+fn churn_recovers_missed_publications() {
+    let node = Node::start();
+    let (status, v, err) = run(wsbench(
+        &node,
+        &[
+            "churn",
+            "-c",
+            "20",
+            "--churn-rate",
+            "20",
+            "--rate",
+            "50",
+            "-d",
+            "2s",
+        ],
+    ));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert!(n(&v, "/churn/reconnects") > 0, "{v:#}");
+    assert_eq!(n(&v, "/traffic/lost"), 0);
+    assert_eq!(n(&v, "/churn/recover_failed"), 0);
+    assert_eq!(
+        n(&v, "/traffic/deliveries"),
+        n(&v, "/traffic/expected_deliveries") + n(&v, "/traffic/duplicated")
+    );
+}
+
+/// The connect scenario reads the node's memory and CPU from /proc.
+#[test]
+fn connect_reports_server_cost() {
+    let node = Node::start();
+    let pid = node.pid().to_string();
+    let (status, v, err) = run(wsbench(
+        &node,
+        &[
+            "connect",
+            "-c",
+            "50",
+            "--hold",
+            "0.5s",
+            "--server-pid",
+            &pid,
+        ],
+    ));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert_eq!(n(&v, "/connections/connected"), 50);
+    assert_eq!(n(&v, "/connections/ready_ms/count"), 50);
+    assert_eq!(n(&v, "/server/sockets_at_sample"), 50);
+    assert!(n(&v, "/server/rss_connected_kib") > 0);
+}
+
+/// A wrong API key: every publication fails, and so does the run.
+#[test]
+fn rejected_publications_fail_the_run() {
+    let node = Node::start();
+    let mut c = std::process::Command::new(common::wsbench_bin());
+    c.args(["-c", "5", "-n", "5", "--drain", "1s", "-u", &node.url()])
+        .args([
+            "--token-secret",
+            common::SECRET,
+            "--api-key",
+            "wrong",
+            "--json",
+            "-q",
+        ]);
+    let (status, v, _) = run(c);
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(v["traffic"]["publish_errors"]["api_http_401"], 5, "{v:#}");
+}
