@@ -158,8 +158,17 @@ impl Default for ApiConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
+    /// `memory` (one node), `redis` (one Redis server) or `redis-cluster` (seed nodes in `urls`).
     pub kind: String,
+    /// `redis://[user:password@]host:port` — the server, or the cluster's seed nodes.
     pub urls: Vec<String>,
+    /// Prefix of every Redis key and shard channel, so fleets can share a Redis.
+    pub prefix: String,
+    /// A Redis command that takes longer fails (API publishes answer 503 / error 108).
+    pub command_timeout: HumanDuration,
+    /// How often the node compares each subscribed channel's stream top with the last offset it
+    /// delivered, to repair gaps (lost pub/sub messages, failover) from history.
+    pub position_check_interval: HumanDuration,
 }
 
 impl Default for BrokerConfig {
@@ -167,6 +176,9 @@ impl Default for BrokerConfig {
         Self {
             kind: "memory".into(),
             urls: Vec::new(),
+            prefix: "ferrocast".into(),
+            command_timeout: secs(2),
+            position_check_interval: secs(2),
         }
     }
 }
@@ -326,13 +338,35 @@ impl Config {
                 if self.broker.urls.is_empty() {
                     return Err(invalid("broker.urls", "needs at least one redis:// URL"));
                 }
-                return Err(invalid(
-                    "broker.kind",
-                    format!(
-                        "{:?} is not available in this build yet; use \"memory\"",
-                        self.broker.kind
-                    ),
-                ));
+                for url in &self.broker.urls {
+                    if let Err(e) = crate::broker::redis::parse_url(url) {
+                        return Err(invalid("broker.urls", format!("{url:?}: {e}")));
+                    }
+                }
+                if self.broker.kind == "redis" && self.broker.urls.len() != 1 {
+                    return Err(invalid(
+                        "broker.urls",
+                        "kind \"redis\" takes exactly one URL (use \"redis-cluster\" for seeds)",
+                    ));
+                }
+                if self.broker.prefix.is_empty()
+                    || !self
+                        .broker
+                        .prefix
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+                {
+                    return Err(invalid("broker.prefix", "letters, digits, _ - . only"));
+                }
+                if self.broker.command_timeout.0.is_zero() {
+                    return Err(invalid("broker.command_timeout", "must be positive"));
+                }
+                if self.broker.position_check_interval.0.is_zero() {
+                    return Err(invalid(
+                        "broker.position_check_interval",
+                        "must be positive",
+                    ));
+                }
             }
             other => {
                 return Err(invalid(

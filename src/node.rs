@@ -15,6 +15,13 @@ use crate::hub::Hub;
 use crate::metrics::metrics;
 use crate::protocol::ChannelName;
 
+/// Local interest in one channel: how many shards have subscribers, and whether the broker
+/// subscription is in place (`None` while the first shard's subscribe is under way).
+pub struct Interest {
+    count: usize,
+    ready: Arc<tokio::sync::watch::Sender<Option<bool>>>,
+}
+
 pub struct Node {
     pub config: Config,
     pub verifier: TokenVerifier,
@@ -32,7 +39,7 @@ pub struct Node {
     default_user_ns: NamespaceConfig,
     /// Shards with local subscribers, per channel: the broker is told to subscribe on 0→1 and
     /// to unsubscribe on 1→0.
-    interest: Mutex<HashMap<ChannelName, usize>>,
+    interest: Mutex<HashMap<ChannelName, Interest>>,
 }
 
 impl Node {
@@ -100,21 +107,54 @@ impl Node {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// A shard got its first local subscriber of `channel`.
+    /// A shard got its first local subscriber of `channel`. Resolves once the broker delivers
+    /// the channel to this node, also for a shard that arrives while another shard's subscribe
+    /// is still under way (so no shard reads a position before the live stream is flowing).
     pub async fn add_interest(&self, channel: &ChannelName) -> Result<(), BrokerError> {
-        let first = {
+        let (ready, leader) = {
             let mut m = self.interest.lock();
-            let n = m.entry(channel.clone()).or_insert(0);
-            *n += 1;
-            *n == 1
-        };
-        if first {
-            if let Err(e) = self.broker.subscribe(channel).await {
-                self.remove_interest_count(channel);
-                return Err(e);
+            match m.get_mut(channel) {
+                Some(i) => {
+                    i.count += 1;
+                    (i.ready.subscribe(), None)
+                }
+                None => {
+                    let (tx, rx) = tokio::sync::watch::channel(None);
+                    let tx = Arc::new(tx);
+                    m.insert(
+                        channel.clone(),
+                        Interest {
+                            count: 1,
+                            ready: tx.clone(),
+                        },
+                    );
+                    (rx, Some(tx))
+                }
             }
+        };
+        let outcome = match leader {
+            Some(tx) => {
+                let r = self.broker.subscribe(channel).await;
+                tx.send_replace(Some(r.is_ok()));
+                r
+            }
+            None => {
+                let mut ready = ready;
+                let subscribed = matches!(
+                    ready.wait_for(|v| v.is_some()).await.map(|v| *v),
+                    Ok(Some(true))
+                );
+                if subscribed {
+                    Ok(())
+                } else {
+                    Err(BrokerError::Unavailable("broker subscribe failed".into()))
+                }
+            }
+        };
+        if outcome.is_err() {
+            self.remove_interest_count(channel);
         }
-        Ok(())
+        outcome
     }
 
     /// A shard lost its last local subscriber of `channel`.
@@ -129,8 +169,8 @@ impl Node {
     fn remove_interest_count(&self, channel: &ChannelName) -> bool {
         let mut m = self.interest.lock();
         match m.get_mut(channel) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
+            Some(i) if i.count > 1 => {
+                i.count -= 1;
                 false
             }
             Some(_) => {

@@ -7,6 +7,7 @@
 
 pub mod instrumented;
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -89,6 +90,11 @@ pub enum Control {
     },
     UnsubscribeUser {
         user: String,
+        channel: ChannelName,
+    },
+    /// Local only: this node lost publications of `channel` it could not repair from history;
+    /// its subscribers are unsubscribed with `resubscribe: true` so they recover by themselves.
+    ResetChannel {
         channel: ChannelName,
     },
 }
@@ -201,11 +207,17 @@ pub trait Broker: Send + Sync + 'static {
     fn is_up(&self) -> bool;
 }
 
-/// Builds the broker named in the config.
-pub fn build(kind: &str, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Broker>> {
-    match kind {
+/// Builds the broker named in the config (on the current runtime, which must outlive it).
+pub async fn build(
+    config: &crate::config::BrokerConfig,
+    hub: Arc<Hub>,
+) -> anyhow::Result<Arc<dyn Broker>> {
+    match config.kind.as_str() {
         "memory" => Ok(instrumented::Instrumented::wrap(
             memory::MemoryBroker::start(hub),
+        )),
+        "redis" | "redis-cluster" => Ok(instrumented::Instrumented::wrap(
+            redis::RedisBroker::start(config, hub).await?,
         )),
         other => anyhow::bail!("broker.kind: {other:?} is not available in this build"),
     }

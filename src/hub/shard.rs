@@ -324,14 +324,28 @@ impl Shard {
                     .collect();
                 drop(st);
                 for key in keys {
-                    self.server_unsubscribe(key, &channel);
+                    self.server_unsubscribe(key, &channel, false);
+                }
+            }
+            Control::ResetChannel { channel } => {
+                let keys: Vec<usize> = st
+                    .channels
+                    .get(&channel)
+                    .map(|s| s.subscribers.iter().map(|k| *k as usize).collect())
+                    .unwrap_or_default();
+                drop(st);
+                for key in keys {
+                    self.server_unsubscribe(key, &channel, true);
                 }
             }
         }
     }
 
-    /// Unsubscribes a connection on the server's initiative and tells the client.
-    fn server_unsubscribe(&self, key: usize, channel: &ChannelName) {
+    /// Unsubscribes a connection on the server's initiative and tells the client. With
+    /// `resubscribe`, the node lost track of the channel's stream (a gap it could not repair from
+    /// history): the client is asked to subscribe again with `recover`, which tells it what it
+    /// missed or that it cannot be recovered.
+    fn server_unsubscribe(&self, key: usize, channel: &ChannelName, resubscribe: bool) {
         let emptied = {
             let mut st = self.state.borrow_mut();
             let st = &mut *st;
@@ -342,11 +356,12 @@ impl Shard {
                 return;
             };
             conn.subs.swap_remove(i);
-            conn.queue_text(&reply::channel_push(
-                channel,
-                "unsubscribe",
-                &serde_json::json!({}),
-            ));
+            let body = if resubscribe {
+                serde_json::json!({"resubscribe": true, "reason": "insufficient state"})
+            } else {
+                serde_json::json!({})
+            };
+            conn.queue_text(&reply::channel_push(channel, "unsubscribe", &body));
             st.subscriptions -= 1;
             st.remove_subscriber(channel, key as u32)
         };

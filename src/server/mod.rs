@@ -91,7 +91,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let (hub, inboxes) = Hub::new(shards);
-        let broker = crate::broker::build(&config.broker.kind, hub.clone())?;
+        let broker = crate::broker::build(&config.broker, hub.clone()).await?;
         let node = Node::new(config, broker, hub.clone())?;
         let cores = core_affinity::get_core_ids().unwrap_or_default();
         let mut threads = Vec::new();
@@ -137,8 +137,14 @@ async fn wait_for_signal() {
 
 async fn report_scheduled(node: Arc<Node>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
     loop {
         tick.tick().await;
+        n += 1;
+        if n % 5 == 1 {
+            // Heartbeat: keeps this node listed in `/api/info` across the fleet.
+            let _ = node.broker.nodes(node.info()).await;
+        }
         metrics()
             .scheduled_pending
             .set(node.broker.scheduled_pending() as i64);

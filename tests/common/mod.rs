@@ -8,6 +8,8 @@
 // Each test binary includes this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::net::TcpListener as StdTcpListener;

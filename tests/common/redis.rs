@@ -1,0 +1,225 @@
+//! Real Redis for the broker tests: a standalone server or a 6-node cluster (3 masters, 3
+//! replicas) of Debian's `redis-server` on loopback ports, torn down when dropped. `make test`
+//! installs `redis-server` when it is missing.
+
+use std::net::TcpListener as StdTcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn redis_bin(name: &str) -> String {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = format!("{dir}/{name}");
+        if std::path::Path::new(&p).exists() {
+            return p;
+        }
+    }
+    panic!(
+        "{name} not found: `make test` installs it (apt-get install -y redis-server redis-tools)"
+    );
+}
+
+/// A port that is free now, with its cluster bus port (+10000) free too.
+fn free_redis_port() -> u16 {
+    use rand_port::next;
+    loop {
+        let p = next();
+        if StdTcpListener::bind(("127.0.0.1", p)).is_ok()
+            && StdTcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+mod rand_port {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    /// Ports in 20000..29999, spread by a per-process seed so parallel test binaries differ.
+    pub fn next() -> u16 {
+        let mut s = STATE.load(Ordering::Relaxed);
+        if s == 0 {
+            s = (std::process::id() as u64) << 20
+                ^ std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64;
+        }
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        STATE.store(s, Ordering::Relaxed);
+        20000 + (s % 10000) as u16
+    }
+}
+
+pub struct RedisProc {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    cluster: bool,
+}
+
+impl RedisProc {
+    fn spawn(cluster: bool) -> RedisProc {
+        let port = free_redis_port();
+        let dir = super::temp_path(&format!("redis-{port}"), "d");
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut p = RedisProc {
+            port,
+            child: None,
+            dir,
+            cluster,
+        };
+        p.start();
+        p
+    }
+
+    /// (Re)starts the server on its port, with an empty data set.
+    pub fn start(&mut self) {
+        let mut cmd = Command::new(redis_bin("redis-server"));
+        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--protected-mode", "no", "--loglevel", "warning"]);
+        if self.cluster {
+            let _ = std::fs::remove_file(self.dir.join("nodes.conf"));
+            cmd.args([
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "1000",
+            ]);
+        }
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        self.child = Some(cmd.spawn().expect("spawn redis-server"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while cli(self.port, &["PING"]).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis on {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for RedisProc {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `redis-cli -p PORT args…` → stdout.
+pub fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new(redis_bin("redis-cli"))
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("run redis-cli");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A standalone Redis.
+pub fn standalone() -> RedisProc {
+    RedisProc::spawn(false)
+}
+
+pub struct Cluster {
+    pub nodes: Vec<RedisProc>,
+}
+
+impl Cluster {
+    /// Six nodes, `--cluster-replicas 1`, waiting until every node reports `cluster_state:ok`.
+    pub fn start() -> Cluster {
+        let nodes: Vec<RedisProc> = (0..6).map(|_| RedisProc::spawn(true)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let mut args: Vec<&str> = vec!["--cluster", "create"];
+        args.extend(addrs.iter().map(|s| s.as_str()));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = Command::new(redis_bin("redis-cli"))
+            .args(&args)
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let c = Cluster { nodes };
+        c.wait_ok(Duration::from_secs(20));
+        c
+    }
+
+    pub fn wait_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for n in &self.nodes {
+            if n.child.is_none() {
+                continue;
+            }
+            while !cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "cluster not ok on {}", n.port);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.url()).collect()
+    }
+
+    /// The port of the master serving `key`'s slot, asked of a live node.
+    pub fn master_of(&self, key: &str) -> u16 {
+        let live = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
+        let slot: u16 = cli(live.port, &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .expect("keyslot");
+        let slots = cli(live.port, &["CLUSTER", "SHARDS"]);
+        // Easier to parse: CLUSTER NODES lines "id addr@bus flags master - … slots".
+        let _ = slots;
+        for line in cli(live.port, &["CLUSTER", "NODES"]).lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            for range in &f[8..] {
+                let (a, b) = match range.split_once('-') {
+                    Some((a, b)) => (a.parse::<u16>().ok(), b.parse::<u16>().ok()),
+                    None => (range.parse().ok(), range.parse().ok()),
+                };
+                if let (Some(a), Some(b)) = (a, b) {
+                    if a <= slot && slot <= b {
+                        let port = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
+                        return port;
+                    }
+                }
+            }
+        }
+        panic!("no master for slot {slot}");
+    }
+
+    pub fn node_mut(&mut self, port: u16) -> &mut RedisProc {
+        self.nodes.iter_mut().find(|n| n.port == port).unwrap()
+    }
+}
