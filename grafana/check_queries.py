@@ -2,7 +2,7 @@
 """Run every dashboard panel query and every alert expression through a real Prometheus.
 
     python3 grafana/check_queries.py PROMETHEUS_URL METRICS_URL [METRICS_URL ...]
-        [--require-data] [--wait SECONDS] [--allow-empty REGEX] [--var NAME=VALUE]
+        [--require-data] [--fail-nan] [--wait SECONDS] [--allow-empty REGEX] [--var NAME=VALUE]
 
 PROMETHEUS_URL  base URL of a Prometheus that scrapes the node(s), e.g. http://127.0.0.1:9091
 METRICS_URL     a node's admin /metrics URL, e.g. http://127.0.0.1:9090/metrics (one or more)
@@ -15,7 +15,8 @@ Checks, in order (exit status 1 when any fails, 2 on usage or connection errors)
  2. panels whose queries all return no series are listed; with --require-data they fail (unless
     their title matches --allow-empty). --wait retries the empty ones until data appears or the
     time runs out (the first scrapes after a node starts). Template variable queries
-    (label_values(...)) are checked the same way;
+    (label_values(...)) are checked the same way. Targets returning only NaN are listed; with
+    --fail-nan they fail;
  3. a legend like {{code}} needs the `code` label on every returned series (a panel grouping by a
     label the metric does not have shows blank legends);
  4. every `ferrocast_*` metric named in a dashboard or an alert must exist in the /metrics text
@@ -264,6 +265,9 @@ def parse_args(argv):
                    help="fail when a panel or variable query returns no series")
     p.add_argument("--allow-empty", metavar="REGEX",
                    help="with --require-data: panel titles allowed to be empty")
+    p.add_argument("--fail-nan", action="store_true",
+                   help="fail when a panel target returns only NaN (e.g. a quantile of a histogram "
+                        "with no observations in the window)")
     p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
                    help="retry empty panel queries for up to this long")
     p.add_argument("--var", action="append", default=[], metavar="NAME=VALUE",
@@ -394,10 +398,13 @@ def main(argv=None):
 
     nan_only = [q for q in queries if q.kind == "panel" and not q.error and q.series and q.all_nan]
     if nan_only:
-        print(f"\nnote  {len(nan_only)} target(s) returned only NaN (e.g. a latency quantile with "
+        tag = "FAIL " if a.fail_nan else "note "
+        print(f"\n{tag} {len(nan_only)} target(s) returned only NaN (e.g. a latency quantile with "
               "no observations in the window):")
         for q in nan_only:
             print(f"  {q.where()}")
+        if a.fail_nan:
+            failures += len(nan_only)
 
     label_bad = [q for q in queries if q.missing_labels]
     if label_bad:
