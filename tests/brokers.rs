@@ -8,38 +8,30 @@ mod common;
 use std::time::{Duration, SystemTime};
 
 use common::redis::{cli, standalone, Cluster, RedisProc};
-
-#[allow(unused_imports)]
-use common::redis as _r;
 use common::*;
 use serde_json::{json, Value};
 
-enum Backing {
-    Memory,
-    Redis(RedisProc),
-    Cluster(Cluster),
+const MEMORY: &str = "[broker]\nkind = \"memory\"\n";
+
+fn urls(u: Vec<String>) -> String {
+    u.iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-impl Backing {
-    fn toml(&self) -> String {
-        let urls = |u: Vec<String>| {
-            u.iter()
-                .map(|u| format!("{u:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match self {
-            Backing::Memory => "[broker]\nkind = \"memory\"\n".into(),
-            Backing::Redis(r) => format!(
-                "[broker]\nkind = \"redis\"\nurls = [{}]\nposition_check_interval = \"500ms\"\n",
-                urls(vec![r.url()])
-            ),
-            Backing::Cluster(c) => format!(
-                "[broker]\nkind = \"redis-cluster\"\nurls = [{}]\nposition_check_interval = \"500ms\"\n",
-                urls(c.urls())
-            ),
-        }
-    }
+fn redis_toml(r: &RedisProc) -> String {
+    format!(
+        "[broker]\nkind = \"redis\"\nurls = [{}]\nposition_check_interval = \"500ms\"\n",
+        urls(vec![r.url()])
+    )
+}
+
+fn cluster_toml(c: &Cluster) -> String {
+    format!(
+        "[broker]\nkind = \"redis-cluster\"\nurls = [{}]\nposition_check_interval = \"500ms\"\n",
+        urls(c.urls())
+    )
 }
 
 fn pub_n(v: &Value) -> u64 {
@@ -229,17 +221,347 @@ fn time_rfc3339(t: SystemTime) -> String {
 
 #[tokio::test]
 async fn suite_memory() {
-    suite(&Backing::Memory.toml()).await;
+    suite(MEMORY).await;
 }
 
 #[tokio::test]
 async fn suite_standalone_redis() {
-    let redis = Backing::Redis(standalone());
-    suite(&redis.toml()).await;
+    let redis = standalone();
+    suite(&redis_toml(&redis)).await;
 }
 
 #[tokio::test]
 async fn suite_redis_cluster() {
-    let cluster = Backing::Cluster(Cluster::start());
-    suite(&cluster.toml()).await;
+    let cluster = Cluster::start();
+    suite(&cluster_toml(&cluster)).await;
+}
+
+// ---- the fleet: two nodes on one Redis Cluster ------------------------------------------------------
+
+#[tokio::test]
+async fn two_nodes_share_channels_users_and_presence_through_the_cluster() {
+    let cluster = Cluster::start();
+    let toml = cluster_toml(&cluster);
+    let a = Server::start(&toml).await;
+    let b = Server::start(&toml).await;
+
+    // A publication through node A reaches a subscriber on node B, and the other way round.
+    let mut on_b = b.connect("1").await;
+    on_b.subscribe(1, "room:f").await;
+    let mut on_a = a.connect("2").await;
+    on_a.subscribe(1, "room:f").await;
+    let j = on_b
+        .recv_matching(SHORT, |v| v["join"]["user"] == "2")
+        .await
+        .0;
+    assert_eq!(j["channel"], "room:f", "join crosses nodes: {j}");
+    a.publish("room:f", json!({"n": 1})).await;
+    b.publish("room:f", json!({"n": 2})).await;
+    for c in [&mut on_a, &mut on_b] {
+        let got: Vec<u64> = vec![
+            pub_n(&c.recv_pub("room:f", SHORT).await.0),
+            pub_n(&c.recv_pub("room:f", SHORT).await.0),
+        ];
+        assert_eq!(got, vec![1, 2], "same order on both nodes");
+    }
+
+    // One user, a device on each node: both get every `user:` publication; others are refused.
+    let mut phone = a.connect("ada").await;
+    let mut laptop = b.connect("ada").await;
+    phone.subscribe(1, "user:ada").await;
+    laptop.subscribe(1, "user:ada").await;
+    let mut eve = b.connect("eve").await;
+    assert_eq!(
+        eve.err_code(1, json!({"subscribe": {"channel": "user:ada"}}))
+            .await,
+        103
+    );
+    for n in 1..=5u64 {
+        let via = if n % 2 == 0 { &a } else { &b };
+        via.publish("user:ada", json!({"n": n})).await;
+    }
+    for dev in [&mut phone, &mut laptop] {
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(pub_n(&dev.recv_pub("user:ada", SHORT).await.0));
+        }
+        assert_eq!(got, vec![1, 2, 3, 4, 5]);
+    }
+
+    // Presence sees members of both nodes, from either node's API.
+    for server in [&a, &b] {
+        let (_, stats) = server
+            .api("presence_stats", json!({"channel": "room:f"}))
+            .await;
+        assert_eq!(stats, json!({"clients": 2, "users": 2}), "{stats}");
+    }
+    // A fleet command reaches the other node's sockets.
+    a.api("disconnect", json!({"user": "1", "code": 4000}))
+        .await;
+    assert_eq!(on_b.expect_close(SHORT).await.0, 4000);
+    // Both nodes are listed.
+    let (_, info) = a.api("info", json!({})).await;
+    assert!(
+        eventually(Duration::from_secs(8), || async {
+            let (_, info) = b.api("info", json!({})).await;
+            info.to_string().matches(NODE_NAME).count() >= 2
+        })
+        .await,
+        "both nodes in /api/info: {info}"
+    );
+}
+
+/// A subscriber that follows a channel like a robust client: tracks (offset, epoch), and
+/// resubscribes with `recover` when told to or when it sees a gap.
+struct Follower {
+    c: Client,
+    channel: String,
+    epoch: String,
+    last: u64,
+    seen: Vec<u64>,
+    id: u64,
+}
+
+impl Follower {
+    async fn new(server: &Server, user: &str, channel: &str) -> Follower {
+        let mut c = server.connect(user).await;
+        let r = c.subscribe(1, channel).await;
+        Follower {
+            c,
+            channel: channel.into(),
+            epoch: r["epoch"].as_str().unwrap().into(),
+            last: r["offset"].as_u64().unwrap(),
+            seen: Vec::new(),
+            id: 10,
+        }
+    }
+
+    async fn resubscribe(&mut self) {
+        self.id += 2;
+        let _ = self
+            .c
+            .command(self.id, json!({"unsubscribe": {"channel": self.channel}}))
+            .await;
+        let r = loop {
+            self.id += 1;
+            let r = self
+                .c
+                .command(
+                    self.id,
+                    json!({"subscribe": {"channel": self.channel,
+                        "recover": {"offset": self.last, "epoch": self.epoch}}}),
+                )
+                .await;
+            if r.get("result").is_some() {
+                break r["result"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(r["recovered"], true, "recovery must succeed: {r}");
+        for p in r["publications"].as_array().unwrap() {
+            self.take(
+                p["offset"].as_u64().unwrap(),
+                p["data"]["n"].as_u64().unwrap(),
+            );
+        }
+        self.last = self.last.max(r["offset"].as_u64().unwrap());
+    }
+
+    fn take(&mut self, offset: u64, n: u64) {
+        if offset > self.last {
+            self.last = offset;
+            self.seen.push(n);
+        }
+    }
+
+    /// Reads whatever arrives for `d`.
+    async fn pump(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let Some(v) = self.c.try_recv_json(left).await else {
+                return;
+            };
+            if v.get("pub").is_some() {
+                let off = v["pub"]["offset"].as_u64().unwrap();
+                if off > self.last + 1 {
+                    self.resubscribe().await;
+                    continue;
+                }
+                self.take(off, v["pub"]["data"]["n"].as_u64().unwrap());
+            } else if v["unsubscribe"]["resubscribe"] == true {
+                self.resubscribe().await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn failover_loses_nothing_and_nodes_resubscribe() {
+    let mut cluster = Cluster::start();
+    let toml = cluster_toml(&cluster);
+    let a = Server::start(&toml).await;
+    let b = Server::start(&toml).await;
+    let channel = "room:busy";
+    let mut fa = Follower::new(&a, "1", channel).await;
+    let mut fb = Follower::new(&b, "2", channel).await;
+    let master = cluster.master_of(&format!("ferrocast:{{{channel}}}"));
+
+    // Steady stream through node A's API; a publish refused during the failover (503) is
+    // retried with its idempotency key, so each n is accepted exactly once.
+    let api = a.public_url();
+    let publisher = tokio::spawn(async move {
+        let http = http();
+        let mut n = 0u64;
+        let start = std::time::Instant::now();
+        let mut refused = 0;
+        while start.elapsed() < Duration::from_secs(9) {
+            n += 1;
+            loop {
+                let r = http
+                    .post(format!("{api}/api/publish"))
+                    .header("Authorization", format!("apikey {API_KEY}"))
+                    .json(&json!({"channel": "room:busy", "data": {"n": n},
+                                  "idempotency_key": format!("n-{n}")}))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status().as_u16() == 200 => break,
+                    Ok(r) => {
+                        assert_eq!(r.status().as_u16(), 503, "only 503 while failing over");
+                        let body: Value = r.json().await.unwrap();
+                        assert_eq!(body["error"]["code"], 108, "{body}");
+                        refused += 1;
+                    }
+                    Err(_) => refused += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (n, refused)
+    });
+
+    fa.pump(Duration::from_millis(1500)).await;
+    fb.pump(Duration::from_millis(10)).await;
+    cluster.node_mut(master).kill();
+    let killed = std::time::Instant::now();
+    // Until the replica is promoted and the cluster heals.
+    let mut promoted = None;
+    while killed.elapsed() < Duration::from_secs(20) {
+        fa.pump(Duration::from_millis(100)).await;
+        fb.pump(Duration::from_millis(100)).await;
+        let live = cluster.nodes.iter().find(|n| n.port != master).unwrap();
+        let info = cli(live.port, &["CLUSTER", "INFO"]);
+        let owner = cluster.try_master_of(&format!("ferrocast:{{{channel}}}"));
+        if info.contains("cluster_state:ok") && owner.is_some_and(|p| p != master) {
+            promoted = Some(std::time::Instant::now());
+            break;
+        }
+    }
+    let promoted = promoted.unwrap_or_else(|| {
+        let live = cluster.nodes.iter().find(|n| n.port != master).unwrap();
+        panic!(
+            "no replica promoted {:?} after killing {master}:\n{}\n{}",
+            killed.elapsed(),
+            cli(live.port, &["CLUSTER", "INFO"]),
+            cli(live.port, &["CLUSTER", "NODES"])
+        )
+    });
+    // Keep reading while the stream goes on.
+    while !publisher.is_finished() {
+        fa.pump(Duration::from_millis(100)).await;
+        fb.pump(Duration::from_millis(100)).await;
+    }
+    let (total, refused) = publisher.await.unwrap();
+    // Live delivery resumed within 5 s of the promotion: a marker published now arrives live.
+    let since = promoted.elapsed();
+    let marker = total + 1;
+    let r = a
+        .api(
+            "publish",
+            json!({"channel": channel, "data": {"n": marker}}),
+        )
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    for f in [&mut fa, &mut fb] {
+        let (p, _) = f.c.recv_pub(channel, Duration::from_secs(5)).await;
+        assert_eq!(pub_n(&p), marker, "live again {since:?} after promotion");
+        f.take(p["pub"]["offset"].as_u64().unwrap(), marker);
+    }
+    // Catch up with recovery from the last offset each holds, then compare.
+    for f in [&mut fa, &mut fb] {
+        f.resubscribe().await;
+        let want: Vec<u64> = (1..=marker).collect();
+        assert_eq!(
+            f.seen, want,
+            "every publication exactly once, in order ({refused} publishes refused during failover)"
+        );
+    }
+    assert!(
+        a.metric_value("ferrocast_broker_reconnects_total").await
+            + b.metric_value("ferrocast_broker_reconnects_total").await
+            >= 1.0,
+        "reconnects counted"
+    );
+}
+
+#[tokio::test]
+async fn redis_down_fails_publishes_keeps_sockets_and_recovers_by_itself() {
+    let mut redis = standalone();
+    let toml = format!("{}command_timeout = \"500ms\"\n", redis_toml(&redis));
+    let server = Server::start(&toml).await;
+    let mut c = server.connect("1").await;
+    c.subscribe(1, "room:d").await;
+    server.publish("room:d", json!({"n": 1})).await;
+    assert_eq!(pub_n(&c.recv_pub("room:d", SHORT).await.0), 1);
+
+    redis.kill();
+    let (st, body) = server
+        .api("publish", json!({"channel": "room:d", "data": {"n": 2}}))
+        .await;
+    assert_eq!(
+        (st, body["error"]["code"].as_i64()),
+        (503, Some(108)),
+        "{body}"
+    );
+    assert!(
+        eventually(SHORT, || async {
+            server.try_admin_status("/health/ready").await == Some(503)
+        })
+        .await,
+        "not ready while Redis is down"
+    );
+    // Sockets stay, and local commands answer.
+    c.ok(5, json!({"ping": {}})).await;
+    assert!(server.metric_value("ferrocast_broker_errors_total").await >= 1.0);
+
+    redis.start();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            server.try_admin_status("/health/ready").await == Some(200)
+        })
+        .await,
+        "ready again once Redis is back"
+    );
+    // Service resumes: the node re-subscribed by itself (the new Redis starts a new epoch).
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            server
+                .api("publish", json!({"channel": "room:d", "data": {"n": 3}}))
+                .await
+                .0
+                == 200
+        })
+        .await
+    );
+    let (p, _) = c.recv_pub("room:d", Duration::from_secs(5)).await;
+    assert_eq!(pub_n(&p), 3);
+    assert!(
+        server
+            .metric_value("ferrocast_broker_reconnects_total")
+            .await
+            >= 1.0
+    );
 }

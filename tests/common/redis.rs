@@ -82,7 +82,9 @@ impl RedisProc {
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(&self.dir)
-            .args(["--protected-mode", "no", "--loglevel", "warning"]);
+            .args(["--protected-mode", "no", "--loglevel", "warning"])
+            // Replicas sync at once (the default waits 5 s for more replicas to batch).
+            .args(["--repl-diskless-sync-delay", "0"]);
         if self.cluster {
             let _ = std::fs::remove_file(self.dir.join("nodes.conf"));
             cmd.args([
@@ -92,6 +94,9 @@ impl RedisProc {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 "1000",
+                // Promote a replica whatever its link history (tests kill masters on purpose).
+                "--cluster-replica-validity-factor",
+                "0",
             ]);
         }
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
@@ -168,6 +173,18 @@ impl Cluster {
         );
         let c = Cluster { nodes };
         c.wait_ok(Duration::from_secs(20));
+        // Every replica has finished its first sync (else it can't take over).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for n in &c.nodes {
+            loop {
+                let info = cli(n.port, &["INFO", "replication"]);
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "replica {} did not sync", n.port);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         c
     }
 
@@ -190,14 +207,18 @@ impl Cluster {
 
     /// The port of the master serving `key`'s slot, asked of a live node.
     pub fn master_of(&self, key: &str) -> u16 {
+        self.try_master_of(key)
+            .expect("a master for the key's slot")
+    }
+
+    /// Like `master_of`, None while no healthy master serves the slot (during a failover).
+    pub fn try_master_of(&self, key: &str) -> Option<u16> {
         let live = self.nodes.iter().find(|n| n.child.is_some()).unwrap();
         let slot: u16 = cli(live.port, &["CLUSTER", "KEYSLOT", key])
             .trim()
             .parse()
-            .expect("keyslot");
-        let slots = cli(live.port, &["CLUSTER", "SHARDS"]);
-        // Easier to parse: CLUSTER NODES lines "id addr@bus flags master - … slots".
-        let _ = slots;
+            .ok()?;
+        // CLUSTER NODES lines: "id addr@bus flags master ping pong epoch state slots…".
         for line in cli(live.port, &["CLUSTER", "NODES"]).lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
@@ -210,13 +231,12 @@ impl Cluster {
                 };
                 if let (Some(a), Some(b)) = (a, b) {
                     if a <= slot && slot <= b {
-                        let port = f[1].split(['@', ':']).nth(1).unwrap().parse().unwrap();
-                        return port;
+                        return f[1].split(['@', ':']).nth(1)?.parse().ok();
                     }
                 }
             }
         }
-        panic!("no master for slot {slot}");
+        None
     }
 
     pub fn node_mut(&mut self, port: u16) -> &mut RedisProc {
