@@ -4,6 +4,7 @@
 #   bash examples/django-library/run.sh          # http://127.0.0.1:8000  (alice/alice, librarian/librarian)
 #   bash examples/django-library/run.sh setup    # only create the venv, migrate and seed
 #   bash examples/django-library/run.sh venv     # only create the venv (e2e/run.sh uses it)
+#   bash examples/django-library/run.sh test     # Django tests against a real node (manage.py test)
 #
 # Environment (defaults): DJANGO_PORT (8000), FERROCAST_PORT (8180), FERROCAST_ADMIN_PORT (9190),
 # LOAN_SECONDS (60: a loan is due a minute after borrowing, so the overdue reminder shows up),
@@ -52,6 +53,10 @@ find_ferrocast() {
 
 setup_venv
 [ "${1:-}" = "venv" ] && exit 0
+if [ "${1:-}" = "test" ]; then
+  export FERROCAST_BIN="$(find_ferrocast)"
+  exec .venv/bin/python manage.py test library -v 2
+fi
 .venv/bin/python manage.py migrate --noinput -v0
 .venv/bin/python manage.py seed_library
 [ "${1:-}" = "setup" ] && exit 0

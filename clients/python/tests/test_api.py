@@ -91,6 +91,12 @@ def test_publish_idempotency_key(api, ws):
     assert api.history(ch)["offset"] == first["offset"]  # nothing new published
 
 
+def test_empty_idempotency_key_means_no_key(api):
+    ch = uniq("room:idem-empty-")
+    assert api.publish(ch, 1, idempotency_key="")["offset"] == 1
+    assert api.publish(ch, 2, idempotency_key="")["offset"] == 2
+
+
 def test_publish_errors(api):
     with pytest.raises(FerrocastError) as e:
         api.publish("nosuchns:1", {"a": 1})

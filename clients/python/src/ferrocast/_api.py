@@ -88,7 +88,9 @@ def publish(channel: str, data: Any, deliver_at: Optional[When] = None, idempote
     body: dict = {"channel": channel, "data": data}
     if deliver_at is not None:
         body["deliver_at"] = rfc3339(deliver_at)
-    if idempotency_key is not None:
+    # The node treats "" as a key like any other (every keyless-looking call after the first
+    # would be dropped for 5 minutes): an empty key means "no key" here.
+    if idempotency_key is not None and str(idempotency_key) != "":
         body["idempotency_key"] = str(idempotency_key)
     return "publish", body
 
