@@ -178,7 +178,7 @@ impl Default for BrokerConfig {
             urls: Vec::new(),
             prefix: "ferrocast".into(),
             command_timeout: secs(2),
-            position_check_interval: secs(2),
+            position_check_interval: secs(5),
         }
     }
 }

@@ -571,3 +571,85 @@ async fn redis_down_fails_publishes_keeps_sockets_and_recovers_by_itself() {
             >= 1.0
     );
 }
+
+#[tokio::test]
+async fn a_burst_of_subscriptions_is_batched_and_unsubscribed_when_the_last_leaves() {
+    let redis = standalone();
+    let server = Server::start(&redis_toml(&redis)).await;
+    let n = 300;
+    let mut clients = Vec::new();
+    for i in 0..n {
+        clients.push(server.connect(&format!("u{i}")).await);
+    }
+    // Everyone subscribes at once; replies are collected afterwards.
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.send_json(json!({"id": 1, "subscribe": {"channel": format!("user:u{i}")}}))
+            .await;
+    }
+    for c in clients.iter_mut() {
+        let r = c.recv_matching(SHORT, |v| v["id"] == 1).await.0;
+        assert!(r.get("result").is_some(), "{r}");
+    }
+    let shard_channels = || {
+        cli(redis.port, &["PUBSUB", "SHARDCHANNELS", "ferrocast:*"])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count()
+    };
+    assert_eq!(
+        shard_channels(),
+        n + 1,
+        "one per user channel, plus fleet commands"
+    );
+    let stats = cli(redis.port, &["INFO", "commandstats"]);
+    let calls: usize = stats
+        .lines()
+        .find(|l| l.starts_with("cmdstat_ssubscribe:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no ssubscribe stats: {stats}"));
+    assert!(
+        calls < n / 2,
+        "{n} subscriptions arriving at once went out in batches, not {calls} commands"
+    );
+    for c in clients {
+        c.close().await;
+    }
+    assert!(
+        eventually(SHORT, || async { shard_channels() == 1 }).await,
+        "unsubscribed when the last subscriber left: {} left",
+        shard_channels()
+    );
+}
+
+#[tokio::test]
+async fn scheduled_publications_are_delivered_once_by_a_fleet() {
+    let cluster = Cluster::start();
+    let toml = cluster_toml(&cluster);
+    let a = Server::start(&toml).await;
+    let b = Server::start(&toml).await;
+    let mut c = b.connect("1").await;
+    c.subscribe(1, "room:sched").await;
+    let base = SystemTime::now() + Duration::from_millis(500);
+    let n = 40u64;
+    for i in 1..=n {
+        let at = time_rfc3339(base + Duration::from_millis(i * 10));
+        let via = if i % 2 == 0 { &a } else { &b };
+        let (st, r) = via
+            .api(
+                "publish",
+                json!({"channel": "room:sched", "data": {"n": i}, "deliver_at": at}),
+            )
+            .await;
+        assert_eq!(st, 200, "{r}");
+    }
+    let mut got = Vec::new();
+    while let Some(v) = c.try_recv_json(Duration::from_secs(2)).await {
+        if v.get("pub").is_some() {
+            got.push(pub_n(&v));
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, (1..=n).collect::<Vec<_>>(), "each exactly once");
+}

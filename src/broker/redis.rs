@@ -278,6 +278,7 @@ struct Inner {
     client: fred::clients::Client,
     sub: SubscriberClient,
     prefix: String,
+    cluster: bool,
     node_tag: String,
     seq: AtomicU64,
     scripts: Scripts,
@@ -435,6 +436,7 @@ impl RedisBroker {
             client,
             sub,
             prefix: config.prefix.clone(),
+            cluster: config.kind == "redis-cluster",
             seq: AtomicU64::new(1),
             scripts: Scripts::new(),
             scheduled_pending: AtomicUsize::new(0),
@@ -908,7 +910,7 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
             for c in &unsubs {
                 let _ = inner.seq_tx.send(SeqEvent::Forget(c.clone()));
             }
-            for group in by_slot(unsubs) {
+            for group in by_slot(inner.cluster, unsubs) {
                 if let Err(e) = inner.sub.sunsubscribe(group).await {
                     tracing::warn!(error = %e, "SUNSUBSCRIBE failed");
                 }
@@ -917,7 +919,7 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
 
         let mut failed: HashSet<String> = HashSet::new();
         if !subs.is_empty() {
-            let groups = by_slot(subs.clone());
+            let groups = by_slot(inner.cluster, subs.clone());
             let results = futures_util::future::join_all(
                 groups
                     .iter()
@@ -959,7 +961,7 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
                 let _ = tx.send(r.clone());
             }
         }
-        for group in by_slot(refresh) {
+        for group in by_slot(inner.cluster, refresh) {
             let n = group.len() as u64;
             if inner.ok(inner.sub.ssubscribe(group).await).is_ok() {
                 metrics().broker_resubscribes.inc_by(n);
@@ -968,7 +970,13 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
     }
 }
 
-fn by_slot(channels: Vec<String>) -> Vec<Vec<String>> {
+/// Groups channels for `SSUBSCRIBE`/`SUNSUBSCRIBE`: a cluster takes one hash slot per command
+/// (the groups then go out pipelined, concurrently); a single server takes any channels, in
+/// chunks of 1,000.
+fn by_slot(cluster: bool, channels: Vec<String>) -> Vec<Vec<String>> {
+    if !cluster {
+        return channels.chunks(1000).map(|c| c.to_vec()).collect();
+    }
     let mut groups: HashMap<u16, Vec<String>> = HashMap::new();
     for c in channels {
         groups
@@ -1306,7 +1314,7 @@ async fn run_reconnects(inner: Arc<Inner>) {
             let channels: Vec<String> = inner.subscribed.lock().iter().cloned().collect();
             let n = channels.len() as u64;
             let mut ok = true;
-            for group in by_slot(channels) {
+            for group in by_slot(inner.cluster, channels) {
                 if let Err(e) = inner.sub.ssubscribe(group).await {
                     tracing::warn!(error = %e, "resubscribe failed; the position check will retry");
                     ok = false;
