@@ -406,3 +406,25 @@ fn openapi_path_scanner_reads_a_small_document() {
     assert_eq!(got.keys().collect::<Vec<_>>(), ["/api/a", "/api/b"]);
     assert!(got["/api/b"].contains("post: {}"));
 }
+
+#[tokio::test]
+async fn api_disconnect_reason_defaults_to_the_code_text_and_is_bounded() {
+    let server = Server::start("").await;
+    let mut c = server.connect("7").await;
+    let (status, _) = server
+        .api("disconnect", json!({"user": "7", "code": 4003}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(c.expect_close(SHORT).await, (4003, "forbidden".to_string()));
+    let (status, body) = server
+        .api(
+            "disconnect",
+            json!({"user": "7", "code": 4000, "reason": "x".repeat(124)}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_i64()),
+        (400, Some(107)),
+        "{body}"
+    );
+}

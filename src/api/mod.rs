@@ -242,11 +242,22 @@ async fn disconnect(node: &Node, b: DisconnectBody) -> ApiResult {
     if !(4000..=4999).contains(&code) {
         return Err(ClientError::BadRequest("code must be in 4000..=4999").into());
     }
+    // A close reason must fit in a control frame (125 bytes, 2 of them the code).
+    let reason = match b.reason {
+        Some(r) if r.len() > 123 => {
+            return Err(ClientError::BadRequest("reason longer than 123 bytes").into())
+        }
+        Some(r) if !r.is_empty() => r,
+        _ => crate::protocol::CloseCode::from_u16(code)
+            .unwrap_or(crate::protocol::CloseCode::ServerClose)
+            .reason()
+            .to_string(),
+    };
     node.broker
         .control(Control::DisconnectUser {
             user: b.user,
             code,
-            reason: b.reason.unwrap_or_default(),
+            reason,
         })
         .await
         .map_err(|e| e.client_error())?;

@@ -91,6 +91,23 @@ impl CloseCode {
         self as u16
     }
 
+    /// The listed code with this number (the server's own codes, not 1000/1002/1006).
+    pub fn from_u16(code: u16) -> Option<CloseCode> {
+        Some(match code {
+            4000 => CloseCode::ServerClose,
+            4001 => CloseCode::AuthTimeout,
+            4003 => CloseCode::Forbidden,
+            4004 => CloseCode::BadRequest,
+            4005 => CloseCode::SlowConsumer,
+            4006 => CloseCode::TooManyRequests,
+            4008 => CloseCode::ConnectionLimit,
+            4009 => CloseCode::MessageTooBig,
+            4010 => CloseCode::Shutdown,
+            4011 => CloseCode::TokenExpired,
+            _ => return None,
+        })
+    }
+
     pub fn reason(self) -> &'static str {
         match self {
             CloseCode::Normal => "normal",
