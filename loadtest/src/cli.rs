@@ -119,6 +119,10 @@ pub struct Opts {
         help_heading = "Target"
     )]
     pub channel: String,
+    /// Also subscribe every socket to its personal channel `user:<id>` (connect, broadcast, chat,
+    /// churn): the realistic idle client, one personal and one shared subscription
+    #[arg(long, global = true, help_heading = "Target")]
+    pub user_channel: bool,
     /// Allow a target outside loopback (only servers you operate)
     #[arg(long, global = true, help_heading = "Target")]
     pub allow_remote: bool,

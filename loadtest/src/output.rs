@@ -61,6 +61,8 @@ pub struct ConfigFig {
     pub churn_rate: f64,
     pub src_addresses: usize,
     pub token_in_url: bool,
+    /// Every socket also subscribed to its `user:<id>` channel.
+    pub user_channel: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -364,6 +366,7 @@ pub fn figures(plan: &Plan, g: &Gathered) -> (Figures, Histogram<u64>) {
             churn_rate: o.churn_rate,
             src_addresses: plan.src.len(),
             token_in_url: o.token_in_url,
+            user_channel: plan.extra_channel_of(0).is_some(),
         },
         connections,
         traffic,

@@ -111,6 +111,9 @@ impl Plan {
         if opts.flood && opts.rate.is_some() {
             bail!("--flood and --rate exclude each other");
         }
+        if opts.user_channel && (opts.anonymous || kind.is_raw()) {
+            bail!("--user-channel needs authenticated protocol sockets (not --anonymous or --raw)");
+        }
         let url = Url::parse(&opts.url)?;
         if url.scheme != "ws" {
             bail!("--url must be ws://");
@@ -210,6 +213,13 @@ impl Plan {
             _ if self.channels.is_empty() => 0,
             _ => (s % self.channels.len() as u64) as usize,
         }
+    }
+
+    /// The second channel socket `s` subscribes to: its personal channel with `--user-channel`
+    /// (notify's sockets are on theirs already).
+    pub fn extra_channel_of(&self, s: u64) -> Option<String> {
+        (self.opts.user_channel && self.kind != Kind::Notify)
+            .then(|| format!("user:{}", self.user_of(s)))
     }
 
     /// The publisher index of socket `s` within its channel (chat members), else 0.

@@ -496,6 +496,16 @@ async fn establish(sh: &Shared, sub: &mut Sub, recover: bool) -> Result<(Conn, u
     if let Some(o) = sr.offset {
         sub.offset = sub.offset.max(o);
     }
+    // The personal channel: nothing is published to it, it is there for what it costs the node.
+    if let Some(extra) = plan.extra_channel_of(s) {
+        send(
+            &mut conn,
+            &proto::subscribe_cmd(4, &extra, None),
+            "subscribe_user",
+        )
+        .await?;
+        wait_for(sh, &mut conn, sub, Some(4), "subscribe_user").await?;
+    }
     Ok((conn, upgrade_us, elapsed_us(t0)))
 }
 

@@ -143,7 +143,8 @@ fn chat_rooms_deliver_to_every_member() {
     assert_eq!(n(&v, "/traffic/lost"), 0);
 }
 
-/// Sockets leave and come back with `recover` while publications flow: nothing is lost.
+/// Sockets leave and come back with `recover` while publications flow: nothing is lost and
+/// nothing arrives twice (the recovered publications and the live stream meet exactly).
 #[test]
 fn churn_recovers_missed_publications() {
     let node = Node::start();
@@ -152,13 +153,13 @@ fn churn_recovers_missed_publications() {
         &[
             "churn",
             "-c",
-            "20",
-            "--churn-rate",
-            "20",
-            "--rate",
             "50",
+            "--churn-rate",
+            "50",
+            "--rate",
+            "100",
             "-d",
-            "2s",
+            "3s",
         ],
     ));
     assert!(
@@ -169,9 +170,47 @@ fn churn_recovers_missed_publications() {
     assert!(n(&v, "/churn/reconnects") > 0, "{v:#}");
     assert_eq!(n(&v, "/traffic/lost"), 0);
     assert_eq!(n(&v, "/churn/recover_failed"), 0);
+    assert!(n(&v, "/churn/recovered_publications") > 0, "{v:#}");
+    assert_eq!(n(&v, "/traffic/duplicated"), 0, "{v:#}");
     assert_eq!(
         n(&v, "/traffic/deliveries"),
-        n(&v, "/traffic/expected_deliveries") + n(&v, "/traffic/duplicated")
+        n(&v, "/traffic/expected_deliveries"),
+        "{v:#}"
+    );
+}
+
+/// `--user-channel`: every socket is also on its personal channel, so the node holds two
+/// subscriptions per socket while they are held.
+#[test]
+fn connect_with_user_channel_holds_two_subscriptions() {
+    let node = Node::start();
+    let child = wsbench(
+        &node,
+        &["connect", "-c", "30", "--user-channel", "--hold", "3s"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("start wsbench");
+    // The node's subscription gauge is refreshed once a second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut most = 0;
+    while std::time::Instant::now() < deadline && most < 60 {
+        std::thread::sleep(Duration::from_millis(200));
+        let metrics = node.metrics();
+        most = most.max(common::metric_sum(&metrics, "ferrocast_subscriptions"));
+    }
+    let (status, v, err) = parse(child.wait_with_output().expect("wsbench finishes"));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert_eq!(v["config"]["user_channel"], true);
+    assert_eq!(n(&v, "/connections/connected"), 30);
+    assert_eq!(
+        most, 60,
+        "subscriptions the node reported while the sockets were held"
     );
 }
 
