@@ -742,9 +742,20 @@ export class Client extends Emitter {
       return;
     }
     if (msg.unsubscribe && channel) {
-      // [ext] §5.4: the backend removed us; do not resubscribe.
       const sub = this._subs.get(channel);
-      if (sub) this._dropSubscription(sub, { channel, server: true, reason: 'unsubscribed by server' }, null);
+      if (!sub) return;
+      if (msg.unsubscribe.resubscribe === true) {
+        // [ext] §5.4: the node lost track of the stream; subscribe again with recovery, which
+        // returns what we missed or reports recovered: false.
+        if (this.state !== 'connected') return;
+        sub._setState('subscribing');
+        sub._justSubscribed = false;
+        sub._emit('subscribing', { channel, reason: msg.unsubscribe.reason || 'resubscribe requested' });
+        this._sendSubscribe(sub);
+        return;
+      }
+      // [ext] §5.4: the backend removed us; do not resubscribe.
+      this._dropSubscription(sub, { channel, server: true, reason: 'unsubscribed by server' }, null);
     }
     // Unknown push kinds are ignored (§12).
   }

@@ -259,3 +259,30 @@ test('the connected push alone (connect proxy) connects; unknown pushes and fiel
   ws.push({ future: 1 });
   assert.equal(c.state, 'connected');
 });
+
+test('an unsubscribe push with resubscribe: true makes the client recover; without it, the subscription ends', async () => {
+  const c = client();
+  c.connect();
+  const sub = c.subscribe('room:3');
+  const got = [];
+  const reasons = [];
+  sub.on('publication', (p) => got.push(p.offset));
+  sub.on('subscribing', (s) => reasons.push(s.reason));
+  const ws = FakeWebSocket.last;
+  ws.accept();
+  subscribed(ws, 'room:3', { offset: 0, epoch: 'e1' });
+  ws.push({ channel: 'room:3', pub: { offset: 1, data: 1 } });
+  ws.push({ channel: 'room:3', unsubscribe: { resubscribe: true, reason: 'insufficient state' } });
+  assert.deepEqual(reasons, ['insufficient state']);
+  const resub = ws.lastCommand('subscribe');
+  assert.deepEqual(resub.subscribe.recover, { offset: 1, epoch: 'e1' });
+  ws.push({ id: resub.id, result: { offset: 2, epoch: 'e1', recovered: true, publications: [{ offset: 2, data: 2 }] } });
+  assert.deepEqual(got, [1, 2]);
+  assert.equal(sub.state, 'subscribed');
+
+  const ended = [];
+  sub.on('unsubscribed', (e) => ended.push(e));
+  ws.push({ channel: 'room:3', unsubscribe: {} });
+  assert.equal(sub.state, 'unsubscribed');
+  assert.equal(ended.length, 1);
+});
