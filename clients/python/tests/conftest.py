@@ -183,7 +183,7 @@ class WS:
     def __init__(self, node: Node, user, **token_kw):
         token = make_token(SECRET, user, **token_kw)
         # __enter__: websockets >= 17 wants connect() used as a context manager.
-        self.conn = ws_connect(f"{node.ws_url}?token={token}", open_timeout=5, max_size=None).__enter__()
+        self.conn = ws_connect(f"{node.ws_url}?token={token}", open_timeout=5, close_timeout=1, max_size=None).__enter__()
         self.next_id = 0
         self.backlog = []
         first = self.recv(5)

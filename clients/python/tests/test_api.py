@@ -115,6 +115,8 @@ def test_publish_rejects_naive_datetime_and_unserializable_data(api):
         api.publish_at("room:x", {"a": 1}, datetime.now())
     with pytest.raises(TypeError):
         api.publish("room:x", {"a": object()})
+    with pytest.raises(TypeError):
+        api.publish("room:x", {"a": float("nan")})
 
 
 # -- publish_at / deliver_at -----------------------------------------------------------------------

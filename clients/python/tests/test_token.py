@@ -57,7 +57,7 @@ def test_server_accepts_token(node, ws):
 
 
 def test_server_accepts_token_in_connect_frame(node):
-    with ws_connect(node.ws_url, open_timeout=5) as conn:
+    with ws_connect(node.ws_url, open_timeout=5, close_timeout=1) as conn:
         conn.send(json.dumps({"id": 1, "connect": {"token": make_token(SECRET, "99", ttl=60)}}))
         reply = json.loads(conn.recv(timeout=5))
         assert reply["id"] == 1 and reply["result"]["user"] == "99"
@@ -86,7 +86,7 @@ def test_anonymous_token(node, ws):
     ids=["bad-signature", "expired"],
 )
 def test_server_rejects_bad_tokens(node, token, code):
-    with ws_connect(f"{node.ws_url}?token={token}", open_timeout=5) as conn:
+    with ws_connect(f"{node.ws_url}?token={token}", open_timeout=5, close_timeout=1) as conn:
         with pytest.raises(ConnectionClosed) as e:
             conn.recv(timeout=5)
         assert e.value.rcvd.code == code

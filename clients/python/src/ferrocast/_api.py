@@ -138,7 +138,8 @@ def info() -> Call:
 
 def encode(body: dict) -> bytes:
     try:
-        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        # allow_nan=False: NaN/Infinity are not JSON, the node would answer 107
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as e:
         raise TypeError(f"data is not JSON-serializable: {e}") from e
 
