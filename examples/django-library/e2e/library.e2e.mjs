@@ -1,7 +1,8 @@
 // End-to-end test of the Django library demo in real headless Chromium (Debian's /usr/bin/chromium
 // driven by playwright-core). It starts its own ferrocast node and Django server on free loopback
-// ports with a fresh SQLite database, then plays three browsers:
-//   alice's phone + alice's laptop (two separate logins of one user) and the librarian.
+// ports with a fresh SQLite database, then plays four browsers:
+//   alice's phone + alice's laptop (two separate logins of one user), the librarian, and a
+//   logged-out visitor.
 // Screenshots go to e2e/artifacts/ (with the node's and Django's logs).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -78,7 +79,7 @@ async function shot(page, name) {
   await page.screenshot({ path: path.join(ARTIFACTS, `${String(shots).padStart(2, '0')}-${name}.png`), fullPage: true });
 }
 
-/** One browser with its own fresh profile (user-data-dir), logged in as `user`. */
+/** One browser with its own fresh profile (user-data-dir), logged in as `user` (or not at all). */
 async function browserAs(user, label) {
   const profile = fs.mkdtempSync(path.join(tmp, `profile-${label}-`));
   const ctx = await chromium.launchPersistentContext(profile, {
@@ -103,10 +104,14 @@ async function browserAs(user, label) {
   page.on('console', (m) => {
     if (m.type() === 'error' || m.type() === 'warning') console.error(`[${label}] console ${m.type()}: ${m.text()}`);
   });
-  await page.goto(`${base}/accounts/login/`);
-  await page.fill('input[name=username]', user);
-  await page.fill('input[name=password]', user);
-  await Promise.all([page.waitForURL((u) => !u.pathname.startsWith('/accounts/login')), page.click('button[type=submit]')]);
+  if (user) {
+    await page.goto(`${base}/accounts/login/`);
+    await page.fill('input[name=username]', user);
+    await page.fill('input[name=password]', user);
+    await Promise.all([page.waitForURL((u) => !u.pathname.startsWith('/accounts/login')), page.click('button[type=submit]')]);
+  } else {
+    await page.goto(`${base}/`);
+  }
   await page.waitForSelector('#conn-state[data-state=connected]', { timeout: 10000 });
   return { ctx, page };
 }
@@ -130,7 +135,7 @@ async function chatLines(panel) {
 
 // ------------------------------------------------------------------------------------ setup
 
-let alicePhone, aliceLaptop, librarian;
+let alicePhone, aliceLaptop, librarian, visitor;
 
 before(async () => {
   fs.rmSync(ARTIFACTS, { recursive: true, force: true });
@@ -159,10 +164,11 @@ before(async () => {
   await waitHttp(`http://127.0.0.1:${admin}/health/ready`, 'ferrocast');
   await waitHttp(`${base}/`, 'django');
 
-  [alicePhone, aliceLaptop, librarian] = await Promise.all([
+  [alicePhone, aliceLaptop, librarian, visitor] = await Promise.all([
     browserAs('alice', 'alice-phone'),
     browserAs('alice', 'alice-laptop'),
     browserAs('librarian', 'librarian'),
+    browserAs(null, 'visitor'), // logged out: an anonymous token, leaderboard only
   ]);
 });
 
@@ -181,6 +187,8 @@ after(async () => {
 test('every page is live: connected, and the online counter counts 2 people on 3 connections', async () => {
   for (const { page } of [alicePhone, aliceLaptop, librarian]) await onlineIs(page, 2, 3);
   assert.match(await librarian.page.textContent('#online-count'), /2 online · 3 connections/);
+  // the logged-out visitor is connected (anonymous token) but not counted
+  assert.equal(await visitor.page.textContent('#online-count'), '');
   await shot(librarian.page, 'librarian-start');
 });
 
@@ -203,9 +211,12 @@ test('borrowing on one device shows the notice on both devices, and the leaderbo
     await page.waitForSelector('#loans li[data-loan-id]:has-text("Dune")', { timeout: 5000 });
     await page.waitForSelector('#books tr[data-title="Dune"] td.available:has-text("0/1")', { timeout: 5000 });
   }
-  for (const page of [phone, laptop, librarian.page]) {
+  for (const page of [phone, laptop, librarian.page, visitor.page]) {
     await page.waitForSelector('#leaderboard li[data-book-id]:has-text("Dune")', { timeout: 5000 });
   }
+  // the visitor's catalog follows the broadcast shelf counts too
+  await visitor.page.waitForSelector('#books tr[data-title="Dune"] td.available:has-text("0/1")', { timeout: 5000 });
+  await shot(visitor.page, 'visitor-leaderboard');
   // Early return of another book: its reminder was scheduled too, and must not be shown.
   const [r2] = await Promise.all([
     phone.waitForResponse((r) => r.url().endsWith('/borrow')),
