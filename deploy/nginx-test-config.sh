@@ -16,7 +16,8 @@
 #       nginx -t -p PREFIX -e PREFIX/error.log -c PREFIX/nginx.conf      # validate
 #       nginx    -p PREFIX -e PREFIX/error.log -c PREFIX/nginx.conf &    # run (foreground, daemon off)
 #       kill -QUIT "$(cat PREFIX/nginx.pid)"                             # stop
-#   PREFIX/access.log records "$remote_addr $request_uri $status $upstream_addr" per request.
+#   PREFIX/access.log records "$remote_addr $request_uri $status $upstream_addr|$upstream_status"
+#   per request (a request nginx passed on: "A:p, B:p|503, 101").
 #
 # The site file is used verbatim except for three substitutions: `listen 80;` -> LISTEN, and
 # the example node addresses 10.0.0.11:8080 / 10.0.0.12:8080 -> NODE1 / NODE2.
@@ -82,7 +83,7 @@ events {
 }
 
 http {
-    log_format ferrocast_test '\$remote_addr \$request_uri \$status \$upstream_addr';
+    log_format ferrocast_test '\$remote_addr \$request_uri \$status \$upstream_addr|\$upstream_status';
     access_log $PREFIX/access.log ferrocast_test;
     client_body_temp_path $PREFIX/tmp/body;
     proxy_temp_path $PREFIX/tmp/proxy;
