@@ -168,7 +168,8 @@ async fn publish_one(
         data: Bytes::copy_from_slice(data.get().as_bytes()),
         info: None,
         options: Node::channel_options(&ns),
-        idempotency_key,
+        // An empty key is no key (else every later "" would be deduplicated away).
+        idempotency_key: idempotency_key.filter(|k| !k.is_empty()),
     };
     let outcome = match deliver_at {
         Some(at) => {

@@ -154,6 +154,13 @@ impl Inner {
     }
 }
 
+/// Idempotency keys are per channel: the same key on two channels is two publications.
+fn scoped_key(req: &PublishRequest) -> Option<String> {
+    req.idempotency_key
+        .as_ref()
+        .map(|k| format!("{}\n{k}", req.channel.as_str()))
+}
+
 pub fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -170,11 +177,12 @@ fn unix_millis(t: SystemTime) -> u64 {
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, req: PublishRequest) -> Result<Published, BrokerError> {
-        if let Some(p) = self.inner.remembered(&req.idempotency_key) {
+        let key = scoped_key(&req);
+        if let Some(p) = self.inner.remembered(&key) {
             return Ok(p);
         }
         let outcome = Published::Now(self.inner.publish_now(&req));
-        self.inner.remember(&req.idempotency_key, &outcome);
+        self.inner.remember(&key, &outcome);
         Ok(outcome)
     }
 
@@ -183,12 +191,12 @@ impl Broker for MemoryBroker {
         at: SystemTime,
         req: PublishRequest,
     ) -> Result<Published, BrokerError> {
-        if let Some(p) = self.inner.remembered(&req.idempotency_key) {
+        let key = scoped_key(&req);
+        if let Some(p) = self.inner.remembered(&key) {
             return Ok(p);
         }
         let seq = self.inner.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{seq}", unix_millis(SystemTime::now()));
-        let key = req.idempotency_key.clone();
         self.inner.schedule.lock().insert(
             (unix_millis(at), seq),
             Scheduled {

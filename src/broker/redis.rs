@@ -644,11 +644,16 @@ impl Broker for RedisBroker {
         let inner = &self.inner;
         let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}-{}-{seq}", unix_ms(), inner.node_tag);
-        let bucket = inner.schedule_bucket(req.idempotency_key.as_deref().unwrap_or(&id));
+        // Idempotency keys are per channel, as for immediate publications.
+        let scoped = req
+            .idempotency_key
+            .as_deref()
+            .map(|k| format!("{}\n{k}", req.channel.as_str()));
+        let bucket = inner.schedule_bucket(scoped.as_deref().unwrap_or(&id));
         let (z, h) = inner.schedule_keys(bucket);
         let idem_key = inner.key(
             &format!("!sched:{bucket}"),
-            &format!("i:{}", req.idempotency_key.as_deref().unwrap_or("")),
+            &format!("i:{}", scoped.as_deref().unwrap_or("")),
         );
         let payload = format!(
             "{{\"c\":{},\"d\":{},\"i\":{},\"hs\":{},\"ht\":{},\"mt\":{}}}",
@@ -1491,7 +1496,7 @@ mod tests {
 
     #[test]
     fn wire_round_trip() {
-        let w = parse_wire(b"p 17 abc 123 11\n{\"user\":1}{\"x\":2}").unwrap();
+        let w = parse_wire(b"p 17 abc 123 10\n{\"user\":1}{\"x\":2}").unwrap();
         assert_eq!(w.offset, 17);
         assert_eq!(w.epoch, "abc");
         assert_eq!(w.published_at_us, 123);

@@ -140,10 +140,12 @@ pub fn text(payload: &[u8]) -> Bytes {
 
 /// A close frame with a code and a short reason (truncated to fit the 125-byte control limit).
 pub fn close(code: u16, reason: &str) -> Bytes {
-    let mut reason = reason.as_bytes();
-    if reason.len() > 123 {
-        reason = &reason[..123];
+    let mut end = reason.len().min(123);
+    // Cut on a character boundary: a close reason must be valid UTF-8 (RFC 6455 §5.5.1).
+    while !reason.is_char_boundary(end) {
+        end -= 1;
     }
+    let reason = &reason.as_bytes()[..end];
     let mut payload = Vec::with_capacity(2 + reason.len());
     payload.extend_from_slice(&code.to_be_bytes());
     payload.extend_from_slice(reason);
@@ -153,6 +155,17 @@ pub fn close(code: u16, reason: &str) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn close_reason_is_cut_on_a_char_boundary() {
+        let long = format!("{}x", "é".repeat(62));
+        let f = close(4003, &long);
+        // 2-byte header, 2-byte code, then the reason.
+        let reason = &f[4..];
+        assert!(reason.len() <= 123);
+        assert!(std::str::from_utf8(reason).is_ok());
+        assert_eq!(reason.len(), 122);
+    }
 
     /// A masked client frame, as a browser would send it.
     pub fn client_frame(opcode: u8, fin: bool, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
