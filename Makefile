@@ -4,10 +4,13 @@ CARGO ?= cargo
 CONFIG ?= config/ferrocast.toml
 BIN := target/release/ferrocast
 # Debian packages the test-suite drives for real.
-TEST_PACKAGES := redis-server redis-tools nginx prometheus
+TEST_PACKAGES := redis-server redis-tools nginx prometheus nodejs npm chromium
 APT_STAMP := target/.apt-deps
+# Every script-driven test runs against the binary `make test` just built.
+export FERROCAST_BIN := $(CURDIR)/target/debug/ferrocast
 
-.PHONY: run build release test deps unit lint fmt bench loadtest soak clean config-check
+.PHONY: run build release test deps unit lint fmt bench loadtest soak clean config-check \
+	test-rust test-ops test-clients test-example e2e example python-test js-test
 
 ## run: build a release node and start it on the embedded memory broker
 run: release
@@ -27,13 +30,18 @@ build:
 release:
 	$(CARGO) build --release --workspace
 
-## deps: install the real programs tests drive (redis, nginx, prometheus) when missing
+## deps: install the real programs tests drive (redis, nginx, prometheus, node, chromium) when missing
 deps: $(APT_STAMP)
 $(APT_STAMP):
 	@missing=""; \
-	command -v redis-server >/dev/null || missing="$$missing redis-server redis-tools"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v redis-cli >/dev/null || missing="$$missing redis-tools"; \
 	command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
+	[ -x /usr/bin/chromium ] || missing="$$missing chromium"; \
+	python3 -m venv --help >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
@@ -44,10 +52,38 @@ $(APT_STAMP):
 ## test: install what the tests need, then run every test
 test: deps
 	$(CARGO) build --workspace
+	$(MAKE) --no-print-directory test-rust test-ops test-clients test-example e2e
+
+## test-rust: unit and integration tests (real binary, real Redis / Redis Cluster)
+test-rust:
 	$(CARGO) test --workspace
-	@if [ -x sysctl/test_tune.sh ]; then bash sysctl/test_tune.sh; fi
-	@if [ -f grafana/alerts_test.yml ]; then promtool check rules grafana/alerts.yml && promtool test rules grafana/alerts_test.yml; fi
-	@if [ -x deploy/nginx-test-config.sh ]; then bash deploy/nginx-test-config.sh; fi
+
+## test-ops: OS tuning, alert rules, Prometheus + Grafana queries, nginx (real programs)
+test-ops:
+	bash sysctl/test_tune.sh
+	promtool check rules grafana/alerts.yml
+	promtool test rules grafana/alerts_test.yml
+	bash grafana/test_check_queries.sh
+	bash grafana/test_prometheus_live.sh
+	bash deploy/test_nginx.sh
+	python3 deploy/test_nginx_fleet.py
+
+## test-clients: the JavaScript and Python clients against the real node
+test-clients: js-test python-test
+js-test:
+	bash clients/js/test.sh
+python-test:
+	bash clients/python/run-tests.sh
+
+## test-example: the Django example's own tests; e2e: the four scenarios in headless Chromium
+test-example:
+	bash examples/django-library/run.sh test
+e2e:
+	bash examples/django-library/e2e/run.sh
+
+## example: the Django library demo beside a node (http://127.0.0.1:8000)
+example: build
+	bash examples/django-library/run.sh
 
 unit:
 	$(CARGO) test --workspace --lib --bins
