@@ -380,10 +380,16 @@ fn openapi_document_lists_exactly_the_api_routes() {
         "/api/presence_stats",
         "/api/history",
         "/api/info",
+        "/api/cancel",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let served: BTreeSet<String> = ferrocast::api::ROUTES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(served, want, "the routes the server serves");
     let got = openapi_paths(&yaml);
     assert_eq!(
         got.keys().cloned().collect::<BTreeSet<_>>(),

@@ -198,6 +198,29 @@ async fn suite(broker: &str) {
     a.assert_no_pub(Duration::from_millis(500), "delivered once")
         .await;
 
+    // A scheduled publication can be cancelled while it waits, once.
+    let at = time_rfc3339(SystemTime::now() + Duration::from_millis(700));
+    let (_, r) = server
+        .api(
+            "publish",
+            json!({"channel": "room:s", "data": {"n": 99}, "deliver_at": at}),
+        )
+        .await;
+    let id = r["scheduled"].as_str().unwrap().to_string();
+    let (st, _) = server.api("cancel", json!({"id": id})).await;
+    assert_eq!(st, 200);
+    let (st, body) = server.api("cancel", json!({"id": id})).await;
+    assert_eq!(
+        (st, body["error"]["code"].as_i64()),
+        (404, Some(107)),
+        "{body}"
+    );
+    a.assert_no_pub(
+        Duration::from_millis(1200),
+        "a cancelled publication never arrives",
+    )
+    .await;
+
     // Fleet commands: disconnect a user.
     let (st, _) = server
         .api("disconnect", json!({"user": "17", "code": 4000}))

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::broker::{Control, PublishRequest, Published};
+use crate::broker::{BrokerError, Control, PublishRequest, Published};
 use crate::hub::client::presence_map;
 use crate::metrics::metrics;
 use crate::node::Node;
@@ -29,6 +29,7 @@ pub const ROUTES: &[&str] = &[
     "/api/presence_stats",
     "/api/history",
     "/api/info",
+    "/api/cancel",
 ];
 
 pub async fn handle(node: &Arc<Node>, req: Request<Incoming>) -> Response<Body> {
@@ -116,6 +117,7 @@ async fn serve(node: &Arc<Node>, route: &str, req: Request<Incoming>) -> ApiResu
         "presence_stats" => presence_stats(node, parse(body)?).await,
         "history" => history(node, parse(body)?).await,
         "info" => info(node).await,
+        "cancel" => cancel(node, parse(body)?).await,
         _ => Err(ApiError::Status(404, 104, "no such API method")),
     }
 }
@@ -263,6 +265,24 @@ async fn disconnect(node: &Node, b: DisconnectBody) -> ApiResult {
         .await
         .map_err(|e| e.client_error())?;
     Ok(json!({}))
+}
+
+#[derive(Deserialize)]
+struct CancelBody {
+    id: String,
+}
+
+/// [ext] Cancels a scheduled publication that is still waiting.
+async fn cancel(node: &Node, b: CancelBody) -> ApiResult {
+    match node.broker.cancel(&b.id).await {
+        Ok(()) => Ok(json!({})),
+        Err(BrokerError::NotFound) => Err(ApiError::Status(
+            404,
+            107,
+            "no waiting scheduled publication with this id (unknown, delivered or cancelled)",
+        )),
+        Err(e) => Err(e.client_error().into()),
+    }
 }
 
 #[derive(Deserialize)]

@@ -21,6 +21,7 @@ use crate::protocol::{ChannelName, Position};
 pub const OPS: &[&str] = &[
     "publish",
     "schedule",
+    "cancel",
     "publish_control",
     "history",
     "subscribe",
@@ -86,6 +87,10 @@ impl Broker for Instrumented {
         req: PublishRequest,
     ) -> Result<Published, BrokerError> {
         self.timed("schedule", self.inner.schedule(at, req)).await
+    }
+
+    async fn cancel(&self, id: &str) -> Result<(), BrokerError> {
+        self.timed("cancel", self.inner.cancel(id)).await
     }
 
     async fn publish_control(

@@ -210,6 +210,19 @@ impl Broker for MemoryBroker {
         Ok(outcome)
     }
 
+    async fn cancel(&self, id: &str) -> Result<(), BrokerError> {
+        let mut schedule = self.inner.schedule.lock();
+        let key = schedule
+            .iter()
+            .find(|(_, s)| s.id == id)
+            .map(|(k, _)| *k)
+            .ok_or(BrokerError::NotFound)?;
+        schedule.remove(&key);
+        drop(schedule);
+        self.inner.schedule_changed.notify_one();
+        Ok(())
+    }
+
     async fn publish_control(
         &self,
         channel: &ChannelName,

@@ -149,6 +149,10 @@ pub trait Broker: Send + Sync + 'static {
     async fn schedule(&self, at: SystemTime, req: PublishRequest)
         -> Result<Published, BrokerError>;
 
+    /// Cancels a scheduled publication that is still waiting; `NotFound` when the id is unknown
+    /// or it was delivered or cancelled already.
+    async fn cancel(&self, id: &str) -> Result<(), BrokerError>;
+
     /// Delivers a push that is not part of the stream (join/leave): no offset, no history.
     async fn publish_control(
         &self,

@@ -209,6 +209,15 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 "#;
 
+/// KEYS: zset, hash. ARGV: id. 1 when it was waiting (now cancelled), else 0.
+const SCHEDULE_CANCEL_LUA: &str = r#"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"#;
+
 /// KEYS: nodes hash, nodes zset. ARGV: id, info json, expire_at_ms, now_ms.
 const NODES_LUA: &str = r#"
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -228,6 +237,7 @@ struct Scripts {
     schedule_add: Script,
     schedule_claim: Script,
     schedule_done: Script,
+    schedule_cancel: Script,
     nodes: Script,
 }
 
@@ -242,6 +252,7 @@ impl Scripts {
             schedule_add: Script::from_lua(SCHEDULE_ADD_LUA),
             schedule_claim: Script::from_lua(SCHEDULE_CLAIM_LUA),
             schedule_done: Script::from_lua(SCHEDULE_DONE_LUA),
+            schedule_cancel: Script::from_lua(SCHEDULE_CANCEL_LUA),
             nodes: Script::from_lua(NODES_LUA),
         }
     }
@@ -643,13 +654,17 @@ impl Broker for RedisBroker {
     ) -> Result<Published, BrokerError> {
         let inner = &self.inner;
         let seq = inner.seq.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}-{}-{seq}", unix_ms(), inner.node_tag);
         // Idempotency keys are per channel, as for immediate publications.
         let scoped = req
             .idempotency_key
             .as_deref()
             .map(|k| format!("{}\n{k}", req.channel.as_str()));
-        let bucket = inner.schedule_bucket(scoped.as_deref().unwrap_or(&id));
+        // The bucket leads the id, so `cancel` knows where to look.
+        let bucket = match &scoped {
+            Some(k) => inner.schedule_bucket(k),
+            None => (seq as usize) % SCHEDULE_BUCKETS,
+        };
+        let id = format!("{bucket}.{}-{}-{seq}", unix_ms(), inner.node_tag);
         let (z, h) = inner.schedule_keys(bucket);
         let idem_key = inner.key(
             &format!("!sched:{bucket}"),
@@ -684,6 +699,27 @@ impl Broker for RedisBroker {
             .await?;
         let id = value_str(&v).ok_or_else(|| bad_reply("schedule"))?;
         Ok(Published::Scheduled(id.to_string()))
+    }
+
+    async fn cancel(&self, id: &str) -> Result<(), BrokerError> {
+        let inner = &self.inner;
+        let bucket = id
+            .split_once('.')
+            .and_then(|(b, _)| b.parse::<usize>().ok())
+            .filter(|b| *b < SCHEDULE_BUCKETS)
+            .ok_or(BrokerError::NotFound)?;
+        let (z, h) = inner.schedule_keys(bucket);
+        let v = inner
+            .eval(
+                &inner.scripts.schedule_cancel,
+                vec![z, h],
+                vec![Value::from(id)],
+            )
+            .await?;
+        match value_u64(&v) {
+            Some(1) => Ok(()),
+            _ => Err(BrokerError::NotFound),
+        }
     }
 
     async fn publish_control(
@@ -1186,6 +1222,7 @@ async fn on_message(
     }
     st.suspect = false;
     st.last = w.offset;
+    metrics().publications.with_label_values(&["broker"]).inc();
     let frame = reply::publication(&channel, w.offset, w.data, w.info);
     inner
         .hub

@@ -137,6 +137,20 @@ def test_publish_at_is_delivered_at_its_time(api, ws):
     assert when - timedelta(milliseconds=50) <= arrived < when + timedelta(seconds=1.5), (when, arrived)
 
 
+def test_cancel_a_waiting_publication(api, ws):
+    ch = uniq("room:cancel-")
+    sub = ws("alice")
+    sub.subscribe(ch)
+    when = datetime.now(timezone.utc) + timedelta(seconds=1)
+    sid = api.publish_at(ch, {"reminder": "returned early"}, when)["scheduled"]
+    assert api.cancel(sid) == {}
+    with pytest.raises(FerrocastError) as e:
+        api.cancel(sid)
+    assert (e.value.status, e.value.code) == (404, 107)
+    with pytest.raises(TimeoutError):  # never delivered
+        sub.publication(ch, timeout=1.8)
+
+
 def test_publish_at_in_another_timezone(api, ws):
     ch = uniq("room:tz-")
     sub = ws("alice")

@@ -110,6 +110,12 @@ def disconnect(user: Any, code: Optional[int] = None, reason: Optional[str] = No
     return "disconnect", body
 
 
+def cancel(scheduled_id: str) -> Call:
+    if not isinstance(scheduled_id, str) or not scheduled_id:
+        raise TypeError("scheduled_id must be the non-empty id publish_at returned")
+    return "cancel", {"id": scheduled_id}
+
+
 def unsubscribe(user: Any, channel: str) -> Call:
     return "unsubscribe", {"user": str(user), "channel": channel}
 

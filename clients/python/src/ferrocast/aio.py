@@ -66,6 +66,9 @@ class AsyncClient:
     ) -> dict:
         return await self._call(*_api.publish(channel, data, when, idempotency_key))
 
+    async def cancel(self, scheduled_id: str) -> dict:
+        return await self._call(*_api.cancel(scheduled_id))
+
     async def broadcast(self, channels: Iterable[str], data: Any) -> List[dict]:
         return (await self._call(*_api.broadcast(channels, data)))["responses"]
 

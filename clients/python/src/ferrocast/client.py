@@ -85,6 +85,11 @@ class Client:
         """Schedules ``data`` for ``channel`` at ``when`` (timezone-aware): ``{"scheduled": id}``."""
         return self._call(*_api.publish(channel, data, when, idempotency_key))
 
+    def cancel(self, scheduled_id: str) -> dict:
+        """Cancels a scheduled publication still waiting (the id ``publish_at`` returned).
+        Raises ``FerrocastError`` (status 404, code 107) when it was delivered or is unknown."""
+        return self._call(*_api.cancel(scheduled_id))
+
     def broadcast(self, channels: Iterable[str], data: Any) -> List[dict]:
         """Publishes ``data`` to each channel. Returns one entry per channel, in order:
         ``{"result": {"offset", "epoch"}}`` or ``{"error": {"code", "message"}}``."""
