@@ -104,10 +104,10 @@ def notify(user_id: Any, kind: str, text: str, **extra: Any) -> Optional[dict]:
 
 
 def schedule_overdue(loan: "models.Loan") -> Optional[str]:
-    """The overdue reminder, delivered by the node itself at the due time (``publish_at``). The
-    node can't cancel it when the book comes back early, so the page asks /loans/<id>.json
-    whether the loan is still open before showing it. The idempotency key makes a retried call
-    schedule it once."""
+    """The overdue reminder, delivered by the node itself at the due time (``publish_at``). A book
+    returned early cancels it (``cancel_overdue``); should the cancel lose the race with the due
+    time, the page still asks /loans/<id>.json whether the loan is open before showing it. The
+    idempotency key makes a retried call schedule it once."""
     data = {
         "type": "overdue",
         "text": f"《{loan.book.title}》 is due — please bring it back",
@@ -123,6 +123,17 @@ def schedule_overdue(loan: "models.Loan") -> Optional[str]:
         idempotency_key=f"overdue-loan-{loan.id}-{loan.due_at.timestamp():.0f}",
     )
     return res.get("scheduled") if res else None
+
+
+def cancel_overdue(reminder_id: Optional[str]) -> None:
+    """The book came back: its overdue reminder must not arrive. 404 = already delivered."""
+    if not reminder_id:
+        return
+    try:
+        client().cancel(reminder_id)
+    except FerrocastError as e:
+        if e.status != 404:
+            log.warning("ferrocast cancel failed: %s", e)
 
 
 def leaderboard_payload() -> dict:

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import tempfile
 import time
+
+from ferrocast import FerrocastError
 import urllib.request
 from pathlib import Path
 
@@ -143,6 +145,17 @@ class LibraryRealtimeTests(TestCase):
         board = self.api.history(realtime.LEADERBOARD)["publications"][-1]["data"]
         self.assertEqual(board["leaderboard"][0]["title"], "Dune")
         self.assertEqual(board["availability"][str(self.dune.id)], 0)
+
+    def test_an_early_return_cancels_the_overdue_reminder(self):
+        r, body = self.post(self.alice, f"/books/{self.dune.id}/borrow")
+        loan = Loan.objects.get(id=body["loan"]["id"])
+        self.post(self.alice, f"/loans/{loan.id}/return")
+        time.sleep(2.5)  # past the due time (LOAN_SECONDS=2)
+        kinds = [n["type"] for n in self.notices(self.alice, 2)]
+        self.assertEqual(kinds, ["borrowed", "returned"], "no overdue reminder after an early return")
+        with self.assertRaises(FerrocastError) as e:
+            self.api.cancel(loan.reminder_id)
+        self.assertEqual(e.exception.status, 404)
 
     def test_return_makes_the_next_reservation_ready(self):
         self.post(self.alice, f"/books/{self.dune.id}/borrow")

@@ -201,6 +201,7 @@ def return_loan(request, loan_id: int):
             nxt.save(update_fields=["status"])
 
         def publish():
+            realtime.cancel_overdue(loan.reminder_id)
             realtime.notify(loan.user_id, "returned", f"returned《{book.title}》", loan=loan.id, book=book.id)
             if nxt is not None:
                 realtime.notify(nxt.user_id, "reservation_ready", f"《{book.title}》 is ready for you",
