@@ -207,8 +207,10 @@ def fleet():
     L.add(timeseries("Deliveries/s per node", "Frames queued to sockets per second.",
                      [target(f"sum by (instance) ({rate('ferrocast_deliveries_total')})", "{{instance}}")],
                      unit="ops", links=True), 8, 8)
-    L.add(timeseries("Publications/s by source", "Publications entering the fleet: api, client, "
-                     "broker (from other nodes).",
+    L.add(timeseries("Publications/s by source", "api, client, scheduled: publications accepted "
+                     "by the nodes. broker (Redis brokers): publications each node received back "
+                     "from Redis on the channels it serves, its own included, so do not add it to "
+                     "the others.",
                      [target(f"sum by (source) ({rate('ferrocast_publications_total')})", "{{source}}")],
                      unit="ops"), 8, 8)
     L.add(timeseries("Bytes out/s per node", "WebSocket bytes written to sockets.",
@@ -341,7 +343,9 @@ def node():
                              "{{command}}")], unit="ops", stack=True), 8, 8)
 
     L.row("Delivery")
-    L.add(timeseries("Publications/s by source", "api, client, broker.",
+    L.add(timeseries("Publications/s by source", "api, client, scheduled: accepted by this node; "
+                     "broker: received from Redis on the channels this node serves (its own "
+                     "included).",
                      [target(f"sum by (source) ({rate('ferrocast_publications_total')})", "{{source}}")],
                      unit="ops"), 8, 8)
     L.add(timeseries("Deliveries/s and bytes out/s", "Frames queued to sockets; bytes written.",

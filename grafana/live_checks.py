@@ -121,6 +121,8 @@ EXPECTED = [
     ("API presence 200", "ferrocast_api_requests_total", {"route": "presence", "status": "200"}, 1),
     ("API info 200", "ferrocast_api_requests_total", {"route": "info", "status": "200"}, 1),
     ("API disconnect 200", "ferrocast_api_requests_total", {"route": "disconnect", "status": "200"}, 1),
+    ("API cancel 200", "ferrocast_api_requests_total", {"route": "cancel", "status": "200"}, 1),
+    ("API cancel again 404", "ferrocast_api_requests_total", {"route": "cancel", "status": "404"}, 1),
     ("API wrong key 401", "ferrocast_api_requests_total", {"status": "401"}, 1),
     ("API unknown route 404", "ferrocast_api_requests_total", {"status": "404"}, 1),
     ("API malformed body 400", "ferrocast_api_requests_total", {"status": "400"}, 1),

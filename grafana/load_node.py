@@ -14,8 +14,8 @@ Phase 1 (then READY.json is written, with one entry per check that failed):
     `room:load-(i % 4)` and its own `user:load-i`; client publish, presence, presence_stats,
     history, ping, refresh, unsubscribe + subscribe with recover;
   * server API: publish to rooms and to every user channel, broadcast, history, presence,
-    presence_stats, info; one publication scheduled 2 s ahead (delivered during the run) and
-    one an hour ahead (keeps ferrocast_scheduled_pending at 1);
+    presence_stats, info; one publication scheduled 2 s ahead (delivered during the run), one an
+    hour ahead (keeps ferrocast_scheduled_pending at 1), one cancelled (/api/cancel, then 404);
   * every subscriber must receive every publication of its channels exactly once, in order;
   * error cases, each checked against the documented answer (docs/protocol.md): bad and expired
     ?token= (close 4003 / 4011), bad token in `connect` (101, 4003), malformed JSON before auth
@@ -144,6 +144,14 @@ def main():
     status, body = api.post("publish", {"channel": "room:load-2", "data": {"seq": -1},
                                         "deliver_at": later.isoformat().replace("+00:00", "Z")})
     expect(status == 200 and "scheduled" in body, f"API scheduled publish (1h): {status} {body}")
+    # one more, cancelled (POST /api/cancel); cancelling it twice answers 404
+    status, body = api.post("publish", {"channel": "room:load-3", "data": {"seq": -2},
+                                        "deliver_at": later.isoformat().replace("+00:00", "Z")})
+    if expect(status == 200 and "scheduled" in body, f"API scheduled publish to cancel: {status} {body}"):
+        status, reply = api.post("cancel", {"id": body["scheduled"]})
+        expect(status == 200, f"API cancel: {status} {reply}")
+        status, reply = api.post("cancel", {"id": body["scheduled"]})
+        expect(status == 404, f"API cancel of a cancelled publication: {status} {reply}")
 
     # client commands other than subscribe/publish
     c0 = clients[0] if clients else None
