@@ -599,13 +599,23 @@ def scenario(fleet, kind):
     hist = [p["data"]["seq"] for p in body.get("publications", [])] if st == 200 else None
     check(hist == want, f"history of {ROOM} holds each of the {len(want)} publications once, in order",
           f"HTTP {st}: {str(hist)[:300]} want {str(want)[:300]}")
+    # fleet-b's metrics saw it: broker up, every room publication came through the broker
     try:
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{b['admin']}/metrics", timeout=3).read().decode()
-        lines = [l for l in metrics.splitlines() if l.startswith(("ferrocast_broker_up", "ferrocast_publications_total",
-                                                                   "ferrocast_sockets"))]
-        print("      fleet-b: " + "; ".join(lines))
-    except OSError:
-        pass
+    except OSError as e:
+        metrics = ""
+        bad("fleet-b /metrics", e)
+    vals = {}
+    for l in metrics.splitlines():
+        if l.startswith(("ferrocast_broker_up ", "ferrocast_publications_total{", "ferrocast_broker_errors_total{")):
+            name, v = l.rsplit(" ", 1)
+            vals[name] = float(v)
+    via_broker = vals.get('ferrocast_publications_total{source="broker"}', 0)
+    room_total = len(expected) + len(want)
+    errors = {k: v for k, v in vals.items() if k.startswith("ferrocast_broker_errors") and v}
+    check(vals.get("ferrocast_broker_up") == 1 and via_broker >= room_total and not errors,
+          f"fleet-b metrics: broker up, {via_broker:g} publications via the broker (>= the {room_total} room "
+          "ones), no broker errors", f"{vals}")
     return finish()
 
 
