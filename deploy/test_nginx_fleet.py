@@ -20,8 +20,10 @@ Prints "N passed, N failed"; exit 1 on any failure; 77 when a prerequisite is mi
 redis-server/redis-cli, cargo) or when this build has neither the redis-cluster nor the redis
 broker. With only `broker.kind = "redis"` it runs the same test on one redis-server.
 FERROCAST_BIN=path uses that binary instead of building target/debug/ferrocast;
-FLEET_BROKER=redis forces the single-Redis variant; FLEET_STRICT=1 also fails when a node tells
-its subscribers to resubscribe (a channel reset) although nothing failed over. ~15 s.
+FLEET_BROKER=redis forces the single-Redis variant; the test fails when a node tells its
+subscribers to resubscribe (a channel reset) although nothing failed over (FLEET_STRICT=0: only a
+note). FLEET_CHECK_INTERVAL sets broker.position_check_interval (default 500ms, so the position
+checker runs all along). ~15 s.
 """
 import json
 import os
@@ -164,6 +166,7 @@ key = "{KEY}"
 [broker]
 kind = "{kind}"
 urls = {json.dumps(urls)}
+position_check_interval = "{os.environ.get("FLEET_CHECK_INTERVAL", "500ms")}"
 [shutdown]
 drain_seconds = {DRAIN_SECONDS}
 [namespaces.room]
@@ -567,12 +570,12 @@ def scenario(fleet, kind):
     pushes = [c for c in clients if c.pushes]
     if pushes:
         # Not a loss (clients that follow the protocol recover), but nothing in this test should
-        # make a node reset a channel: no failover, no expiry. FLEET_STRICT=1 makes it fail.
+        # make a node reset a channel: no failover, no expiry. FLEET_STRICT=0 only notes it.
         detail = (f"{len(pushes)} clients got {{\"unsubscribe\": {{\"resubscribe\": true}}}} for {ROOM} "
                   f"(push, recover result): {pushes[0].pushes}; the node logged: "
                   + "; ".join(l.split("ferrocast::")[-1] for l in fleet.tail(b, 200).splitlines()
                               if "resubscribe" in l)[:600])
-        if os.environ.get("FLEET_STRICT") == "1":
+        if os.environ.get("FLEET_STRICT", "1") == "1":
             bad("no server-side resubscribe push during the drain", detail)
         else:
             print(f"NOTE  {detail}", flush=True)

@@ -281,6 +281,8 @@ enum SeqEvent {
         channel: String,
         epoch: Arc<str>,
         top: u64,
+        /// `Inner::generation` before the read was issued.
+        read_at: u64,
     },
 }
 
@@ -302,6 +304,8 @@ struct Inner {
     subscribed: Mutex<HashSet<String>>,
     check_now: Notify,
     check_interval: Duration,
+    /// Bumped on every change of a channel's sequencer state (see `ChanState::generation`).
+    generation: AtomicU64,
 }
 
 pub struct RedisBroker {
@@ -456,6 +460,7 @@ impl RedisBroker {
             seq_tx,
             subscribed: Mutex::new(HashSet::new()),
             check_now: Notify::new(),
+            generation: AtomicU64::new(1),
             check_interval: config.position_check_interval.0,
         });
         let messages = inner.sub.message_rx();
@@ -1047,6 +1052,9 @@ async fn read_position(inner: &Inner, shard_channel: &str) -> Option<(Arc<str>, 
 struct ChanState {
     epoch: Arc<str>,
     last: u64,
+    /// `Inner::generation` when this state last changed: a position read issued before that
+    /// may be older than the state, so it can't prove a regression.
+    generation: u64,
     /// The last position check found a gap; a second one in a row re-subscribes the channel.
     suspect: bool,
 }
@@ -1081,18 +1089,24 @@ async fn run_sequencer(
                         epoch: epoch.clone(),
                         last: top,
                         suspect: false,
+                        generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
                     });
                     if st.epoch == epoch {
                         st.last = st.last.max(top);
                     } else {
-                        *st = ChanState { epoch, last: top, suspect: false };
+                        *st = ChanState {
+                            epoch,
+                            last: top,
+                            suspect: false,
+                            generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
+                        };
                     }
                 }
                 Some(SeqEvent::Forget(channel)) => {
                     states.remove(&channel);
                 }
-                Some(SeqEvent::Check { channel, epoch, top }) => {
-                    on_check(&inner, &mut states, channel, epoch, top).await;
+                Some(SeqEvent::Check { channel, epoch, top, read_at }) => {
+                    on_check(&inner, &mut states, channel, epoch, top, read_at).await;
                 }
                 None => return,
             },
@@ -1201,6 +1215,7 @@ async fn on_message(
             epoch: Arc::from(w.epoch),
             last: w.offset.saturating_sub(1),
             suspect: false,
+            generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
         });
     if *st.epoch != *w.epoch {
         // The stream restarted under a new epoch (it expired, or was lost with a Redis shard).
@@ -1209,6 +1224,7 @@ async fn on_message(
             epoch: Arc::from(w.epoch),
             last: w.offset.saturating_sub(1),
             suspect: false,
+            generation: 0,
         };
     }
     if w.offset <= st.last {
@@ -1222,6 +1238,7 @@ async fn on_message(
     }
     st.suspect = false;
     st.last = w.offset;
+    st.generation = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
     metrics().publications.with_label_values(&["broker"]).inc();
     let frame = reply::publication(&channel, w.offset, w.data, w.info);
     inner
@@ -1261,6 +1278,9 @@ async fn repair(
                     .hub
                     .deliver(channel, p.offset, Bytes::from(frame), now);
             }
+            if n > 0 {
+                st.generation = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+            }
             tracing::info!(%channel, missing, repaired = n, "filled a gap from history");
             if st.last < upto {
                 reset(inner, st, channel, upto);
@@ -1275,6 +1295,7 @@ async fn repair(
 
 fn reset(inner: &Inner, st: &mut ChanState, channel: &ChannelName, upto: u64) {
     st.last = st.last.max(upto);
+    st.generation = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
     inner.hub.control(Control::ResetChannel {
         channel: channel.clone(),
     });
@@ -1286,6 +1307,7 @@ async fn on_check(
     shard_channel: String,
     epoch: Arc<str>,
     top: u64,
+    read_at: u64,
 ) {
     let Some(st) = states.get_mut(&shard_channel) else {
         return;
@@ -1293,7 +1315,9 @@ async fn on_check(
     let Some(Ok(channel)) = inner.channel_of(&shard_channel).map(ChannelName::parse) else {
         return;
     };
-    if st.epoch != epoch || top < st.last {
+    // The read is newer than our state only if the state didn't change after it was issued.
+    let fresh = st.generation <= read_at;
+    if fresh && (st.epoch != epoch || top < st.last) {
         // The stream we were following is gone (lost in a failover, or expired and restarted
         // with publications we never saw): subscribers must recover from the new state.
         tracing::warn!(%channel, "stream changed under us; asking subscribers to resubscribe");
@@ -1301,11 +1325,12 @@ async fn on_check(
             epoch,
             last: top,
             suspect: false,
+            generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
         };
         inner.hub.control(Control::ResetChannel { channel });
         return;
     }
-    if top > st.last {
+    if st.epoch == epoch && top > st.last {
         repair(inner, st, &channel, &shard_channel, top).await;
         if st.suspect {
             // Two checks in a row saw publications that never came live: re-subscribe.
@@ -1395,6 +1420,7 @@ async fn run_position_checks(inner: Arc<Inner>) {
             .cloned()
             .collect();
         for chunk in channels.chunks(512) {
+            let read_at = inner.generation.load(Ordering::Relaxed);
             let positions =
                 futures_util::future::join_all(chunk.iter().map(|c| read_position(&inner, c)))
                     .await;
@@ -1404,6 +1430,7 @@ async fn run_position_checks(inner: Arc<Inner>) {
                         channel: c.clone(),
                         epoch,
                         top,
+                        read_at,
                     });
                 }
             }

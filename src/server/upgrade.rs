@@ -29,7 +29,14 @@ pub type Body = Full<Bytes>;
 pub async fn serve_http(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) {
     let io = TokioIo::new(stream);
     let s = shard.clone();
-    let svc = service_fn(move |req| route(s.clone(), req));
+    // Requests served on this connection: a keep-alive connection (API clients, nginx's pool)
+    // that goes idle and hits the header timeout after answering is not a failed handshake.
+    let served = Rc::new(std::cell::Cell::new(0u32));
+    let counter = served.clone();
+    let svc = service_fn(move |req| {
+        counter.set(counter.get().saturating_add(1));
+        route(s.clone(), req)
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(shard.node.config.limits.handshake_timeout.0)
@@ -38,6 +45,9 @@ pub async fn serve_http(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) 
         .with_upgrades();
     if let Err(e) = conn.await {
         let reason = if e.is_timeout() {
+            if served.get() > 0 {
+                return; // an idle keep-alive connection timing out between requests
+            }
             "timeout"
         } else if e.is_parse() || e.is_parse_too_large() {
             "bad_request"
