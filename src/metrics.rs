@@ -216,6 +216,23 @@ impl Metrics {
             self.broker_latency.with_label_values(&[op]);
             self.broker_errors.with_label_values(&[op]);
         }
+        for cmd in [
+            "connect",
+            "refresh",
+            "subscribe",
+            "unsubscribe",
+            "publish",
+            "presence",
+            "presence_stats",
+            "history",
+            "ping",
+            "invalid",
+        ] {
+            self.client_commands.with_label_values(&[cmd]);
+        }
+        for route in crate::api::ROUTES {
+            self.api_requests.with_label_values(&[&route[5..], "200"]);
+        }
         self
     }
 

@@ -159,6 +159,11 @@ fn run_shard(
     inbox: tokio::sync::mpsc::UnboundedReceiver<crate::hub::ShardMsg>,
     core: Option<core_affinity::CoreId>,
 ) {
+    // The shard's socket gauge exists from the first scrape (0), not from its first socket.
+    metrics()
+        .sockets
+        .with_label_values(&[&index.to_string()])
+        .set(0);
     if let Some(core) = core {
         // Pinning is best-effort: containers may forbid it.
         core_affinity::set_for_current(core);
