@@ -13,7 +13,8 @@
 #           churn                                                    (docs marker: suite)
 #   budget  issue 2's measurements: 10k idle sockets each on its user: channel and one shared
 #           channel (RSS growth per socket, budget 4 KiB); 10k subscribers × 1,000 API
-#           publications of 64 bytes (all delivered, p50/p99)          (docs marker: budget)
+#           publications of 64 bytes at 10/s, ferrocast only (all delivered, p50/p99)
+#                                                                      (docs marker: budget)
 #
 # Environment:
 #   SUITE_QUICK=1      smoke variant: small counts, 1 run, results to $SUITE_OUT/benchmarks.md
@@ -26,7 +27,7 @@
 #   SUITE_DOC=FILE     the Markdown file to rewrite (default docs/benchmarks.md; quick: $SUITE_OUT/benchmarks.md)
 #   SUITE_SRC=RANGE    client source addresses (default 127.0.0.2-127.0.0.50)
 #   SUITE_NOTE=TEXT    a line about the conditions, printed with the machine
-# Whole suite (both sections, 3 runs): about 20 minutes on 2 cores.
+# Whole suite (both sections, 3 runs): about 23 minutes on 2 cores.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -125,28 +126,29 @@ stop_server() {
 trap stop_server EXIT
 trap 'stop_server; exit 130' INT TERM
 
-# name|section|wsbench arguments (the URL, credentials, --src, --server-pid, --json are added)
+# name|section|servers ("" = every server in SUITE_SERVERS)|wsbench arguments (the URL,
+# credentials, --src, --server-pid and --json are added by the suite)
 if [[ $QUICK == 1 ]]; then
   SCENARIOS=(
-    "connect|suite|connect -c 1000 --connect-rate 2000 --hold 2s"
-    "broadcast|suite|broadcast -c 1000 --rate 10 -d 3s"
-    "flood|suite|broadcast -c 1000 -n 100 --flood"
-    "notify|suite|notify -c 1000 -n 1000 --rate 1000"
-    "chat|suite|chat -c 200 --room-size 10 -n 5 --rate 400"
-    "churn|suite|churn -c 200 --churn-rate 20 --rate 50 -d 3s"
-    "idle|budget|connect -c 1000 --user-channel --connect-rate 2000 --hold 2s"
-    "fanout|budget|broadcast -c 1000 -n 100 --size 64 --rate 100"
+    "connect|suite||connect -c 1000 --connect-rate 2000 --hold 2s"
+    "broadcast|suite||broadcast -c 1000 --rate 10 -d 3s"
+    "flood|suite||broadcast -c 1000 -n 100 --flood"
+    "notify|suite||notify -c 1000 -n 1000 --rate 1000"
+    "chat|suite||chat -c 200 --room-size 10 -n 5 --rate 400"
+    "churn|suite||churn -c 200 --churn-rate 20 --rate 50 -d 3s"
+    "idle|budget||connect -c 1000 --user-channel --connect-rate 2000 --hold 2s"
+    "fanout|budget|ferrocast|broadcast -c 1000 -n 30 --size 64 --rate 10"
   )
 else
   SCENARIOS=(
-    "connect|suite|connect -c 19000 --connect-rate 2000 --hold 10s"
-    "broadcast|suite|broadcast -c 10000 --rate 10 -d 20s"
-    "flood|suite|broadcast -c 10000 -n 300 --flood"
-    "notify|suite|notify -c 10000 -n 20000 --rate 2000"
-    "chat|suite|chat -c 2000 --room-size 10 -n 10 --rate 2000"
-    "churn|suite|churn -c 2000 --churn-rate 100 --rate 100 -d 10s"
-    "idle|budget|connect -c 10000 --user-channel --connect-rate 2000 --hold 10s"
-    "fanout|budget|broadcast -c 10000 -n 1000 --size 64 --rate 100"
+    "connect|suite||connect -c 19000 --connect-rate 2000 --hold 10s"
+    "broadcast|suite||broadcast -c 10000 --rate 10 -d 20s"
+    "flood|suite||broadcast -c 10000 -n 300 --flood"
+    "notify|suite||notify -c 10000 -n 20000 --rate 2000"
+    "chat|suite||chat -c 2000 --room-size 10 -n 10 --rate 2000"
+    "churn|suite||churn -c 2000 --churn-rate 100 --rate 100 -d 10s"
+    "idle|budget||connect -c 10000 --user-channel --connect-rate 2000 --hold 10s"
+    "fanout|budget|ferrocast|broadcast -c 10000 -n 1000 --size 64 --rate 10"
   )
 fi
 
@@ -196,12 +198,13 @@ EOF
 
 t0=$(date +%s)
 for entry in "${SCENARIOS[@]}"; do
-  IFS='|' read -r name section args <<<"$entry"
+  IFS='|' read -r name section only_servers args <<<"$entry"
   want "$name" "$section" || continue
   mkdir -p "$OUT/$section/$name"
   echo "$args" >"$OUT/$section/$name/args"
   for run in $(seq 1 "$RUNS"); do
     for server in $SERVERS; do
+      [[ -z $only_servers || " $only_servers " == *" $server "* ]] || continue
       if [[ $server == ferrocast ]]; then port=$FC_PORT; else port=$NAIVE_PORT; fi
       start_server "$server"
       file="$OUT/$section/$name/$server-$run.json"
