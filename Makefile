@@ -10,7 +10,7 @@ APT_STAMP := target/.apt-deps
 export FERROCAST_BIN := $(CURDIR)/target/debug/ferrocast
 
 .PHONY: run build release test deps unit lint fmt bench loadtest soak clean config-check \
-	test-rust test-ops test-clients test-example e2e example python-test js-test
+	test-rust test-ops test-clients test-example e2e example python-test js-test fleet-bench
 
 ## run: build a release node and start it on the embedded memory broker
 run: release
@@ -106,6 +106,10 @@ bench:
 ## loadtest: the standard wsbench suite against a release node (rewrites docs/benchmarks.md)
 loadtest: release
 	bash loadtest/suite.sh
+
+## fleet-bench: two release nodes on a real Redis Cluster vs one node (rewrites docs/benchmarks.md)
+fleet-bench: release
+	bash loadtest/fleet.sh
 
 ## soak: long, ignored tests
 soak: build
