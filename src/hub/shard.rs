@@ -56,6 +56,8 @@ pub struct ChannelSubs {
     pub subscribers: Vec<u32>,
     /// Connections whose subscription is being set up (see [`Joining`]).
     pub joining: Vec<Joining>,
+    /// The offset of the last publication fanned out here (0: none yet).
+    pub last_offset: u64,
 }
 
 pub struct ShardState {
@@ -573,6 +575,9 @@ impl ShardState {
         let frame = frame::text(&d.payload);
         let len = frame.len();
         let mut n = 0u64;
+        if d.offset != 0 {
+            subs.last_offset = d.offset;
+        }
         for &key in &subs.subscribers {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;
@@ -619,6 +624,10 @@ impl ShardState {
                     }
                 }
             });
+            if subs.joining.is_empty() {
+                // Give the allocation back: most channels (a user's own) rarely see a join.
+                subs.joining = Vec::new();
+            }
         }
         self.deliveries += n;
         true
@@ -632,6 +641,9 @@ impl ShardState {
             new = true;
             ChannelSubs::default()
         });
+        if subs.joining.capacity() == 0 {
+            subs.joining.reserve_exact(1);
+        }
         subs.joining.push(Joining {
             key,
             after: None,
@@ -647,11 +659,22 @@ impl ShardState {
         let Some(subs) = self.channels.get_mut(ch) else {
             return;
         };
-        let Some(j) = subs.joining.iter_mut().find(|j| j.key == key) else {
+        let Some(i) = subs.joining.iter().position(|j| j.key == key) else {
             return;
         };
+        let j = &mut subs.joining[i];
         j.after = Some(after);
         let held = std::mem::take(&mut j.held);
+        if after == subs.last_offset {
+            // Nothing at or below `after` can still be on its way to this shard (a channel's
+            // publications reach it in offset order, and the last one here is `after`): the
+            // connection goes live at once instead of waiting for the next publication.
+            subs.joining.swap_remove(i);
+            if subs.joining.is_empty() {
+                subs.joining = Vec::new();
+            }
+            subs.subscribers.push(key);
+        }
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -672,6 +695,9 @@ impl ShardState {
             subs.subscribers.swap_remove(i);
         } else if let Some(i) = subs.joining.iter().position(|j| j.key == key) {
             subs.joining.swap_remove(i);
+            if subs.joining.is_empty() {
+                subs.joining = Vec::new();
+            }
         }
         if subs.subscribers.is_empty() && subs.joining.is_empty() {
             self.channels.remove(ch);
