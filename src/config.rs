@@ -85,6 +85,10 @@ pub struct ListenConfig {
     pub shards: usize,
     /// Listen backlog per shard listener (the kernel caps it at net.core.somaxconn).
     pub backlog: u32,
+    /// Pin shard i to CPU i. Only for hosts dedicated to ferrocast: with other busy processes
+    /// on the machine a pinned shard can't move off a contended CPU (seconds-long tail stalls
+    /// were measured that way, docs/benchmarks.md).
+    pub pin_shards: bool,
 }
 
 impl Default for ListenConfig {
@@ -94,6 +98,7 @@ impl Default for ListenConfig {
             admin: "127.0.0.1:9090".into(),
             shards: 0,
             backlog: 4096,
+            pin_shards: false,
         }
     }
 }

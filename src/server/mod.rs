@@ -93,7 +93,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         let (hub, inboxes) = Hub::new(shards);
         let broker = crate::broker::build(&config.broker, hub.clone()).await?;
         let node = Node::new(config, broker, hub.clone())?;
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
+        let cores = if node.config.listen.pin_shards {
+            core_affinity::get_core_ids().unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let mut threads = Vec::new();
         for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let node = node.clone();
