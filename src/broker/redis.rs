@@ -265,6 +265,8 @@ enum SubReq {
     Unsubscribe(String),
     /// Subscribe again (the live stream of the channel looks broken).
     Refresh(String),
+    /// Subscribe every channel again (after a reconnect or a topology change).
+    RefreshAll,
 }
 
 /// Events for the sequencer task (which owns every channel's delivery state).
@@ -306,6 +308,8 @@ struct Inner {
     check_interval: Duration,
     /// Bumped on every change of a channel's sequencer state (see `ChanState::generation`).
     generation: AtomicU64,
+    /// `ferrocast_publications_total{source="broker"}`, resolved once (a label lookup locks).
+    broker_publications: prometheus::IntCounter,
 }
 
 pub struct RedisBroker {
@@ -461,6 +465,7 @@ impl RedisBroker {
             subscribed: Mutex::new(HashSet::new()),
             check_now: Notify::new(),
             generation: AtomicU64::new(1),
+            broker_publications: metrics().publications.with_label_values(&["broker"]),
             check_interval: config.position_check_interval.0,
         });
         let messages = inner.sub.message_rx();
@@ -479,6 +484,10 @@ impl RedisBroker {
 }
 
 impl Inner {
+    fn next_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn key(&self, channel: &str, suffix: &str) -> String {
         format!("{}:{{{}}}:{}", self.prefix, channel, suffix)
     }
@@ -633,7 +642,6 @@ struct ScheduledRaw<'a> {
     i: Option<&'a RawValue>,
     hs: usize,
     ht: u64,
-    mt: u64,
 }
 
 fn json_str(s: &str) -> String {
@@ -676,13 +684,12 @@ impl Broker for RedisBroker {
             &format!("i:{}", scoped.as_deref().unwrap_or("")),
         );
         let payload = format!(
-            "{{\"c\":{},\"d\":{},\"i\":{},\"hs\":{},\"ht\":{},\"mt\":{}}}",
+            "{{\"c\":{},\"d\":{},\"i\":{},\"hs\":{},\"ht\":{}}}",
             json_str(req.channel.as_str()),
             std::str::from_utf8(&req.data).unwrap_or("null"),
             raw_or_null(req.info.as_ref()),
             req.options.history_size,
             req.options.history_ttl.as_millis(),
-            req.options.meta_ttl().as_millis(),
         );
         let at_ms = at
             .duration_since(UNIX_EPOCH)
@@ -930,6 +937,7 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
         let mut waiters: HashMap<String, Vec<oneshot::Sender<Result<(), BrokerError>>>> =
             HashMap::new();
         let mut refresh = Vec::new();
+        let mut refresh_all = false;
         for r in batch {
             match r {
                 SubReq::Subscribe(c, tx) => {
@@ -940,6 +948,7 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
                     want.insert(c, false);
                 }
                 SubReq::Refresh(c) => refresh.push(c),
+                SubReq::RefreshAll => refresh_all = true,
             }
         }
         let (subs, unsubs): (Vec<_>, Vec<_>) = want.into_iter().partition(|(_, w)| *w);
@@ -1007,10 +1016,23 @@ async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Su
                 let _ = tx.send(r.clone());
             }
         }
+        // Applied after this batch's changes and only to channels still wanted, so a
+        // resubscription can't revive a channel the node just left.
+        let refresh: Vec<String> = {
+            let set = inner.subscribed.lock();
+            if refresh_all {
+                set.iter().cloned().collect()
+            } else {
+                refresh.into_iter().filter(|c| set.contains(c)).collect()
+            }
+        };
         for group in by_slot(inner.cluster, refresh) {
             let n = group.len() as u64;
-            if inner.ok(inner.sub.ssubscribe(group).await).is_ok() {
-                metrics().broker_resubscribes.inc_by(n);
+            match inner.ok(inner.sub.ssubscribe(group).await) {
+                Ok(()) => metrics().broker_resubscribes.inc_by(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "resubscribe failed; the position check will retry")
+                }
             }
         }
     }
@@ -1050,6 +1072,8 @@ async fn read_position(inner: &Inner, shard_channel: &str) -> Option<(Arc<str>, 
 // ---- the sequencer: every publication reaching this node passes here -----------------------------
 
 struct ChanState {
+    /// Parsed once, shared with every delivery of the channel.
+    channel: ChannelName,
     epoch: Arc<str>,
     last: u64,
     /// `Inner::generation` when this state last changed: a position read issued before that
@@ -1057,6 +1081,26 @@ struct ChanState {
     generation: u64,
     /// The last position check found a gap; a second one in a row re-subscribes the channel.
     suspect: bool,
+}
+
+impl ChanState {
+    fn new(channel: ChannelName, epoch: Arc<str>, last: u64, inner: &Inner) -> Self {
+        ChanState {
+            channel,
+            epoch,
+            last,
+            suspect: false,
+            generation: inner.next_generation(),
+        }
+    }
+
+    /// The stream is followed from (`epoch`, `last`) on.
+    fn restart(&mut self, epoch: Arc<str>, last: u64, inner: &Inner) {
+        self.epoch = epoch;
+        self.last = last;
+        self.suspect = false;
+        self.generation = inner.next_generation();
+    }
 }
 
 async fn run_sequencer(
@@ -1084,24 +1128,16 @@ async fn run_sequencer(
                 Err(broadcast::error::RecvError::Closed) => return,
             },
             e = events.recv() => match e {
-                Some(SeqEvent::Baseline { channel, epoch, top }) => {
-                    let st = states.entry(channel).or_insert_with(|| ChanState {
-                        epoch: epoch.clone(),
-                        last: top,
-                        suspect: false,
-                        generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
-                    });
-                    if st.epoch == epoch {
-                        st.last = st.last.max(top);
-                    } else {
-                        *st = ChanState {
-                            epoch,
-                            last: top,
-                            suspect: false,
-                            generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
-                        };
+                Some(SeqEvent::Baseline { channel, epoch, top }) => match states.get_mut(&channel) {
+                    Some(st) if st.epoch == epoch => st.last = st.last.max(top),
+                    Some(st) => st.restart(epoch, top, &inner),
+                    None => {
+                        let parsed = inner.channel_of(&channel).map(ChannelName::parse);
+                        if let Some(Ok(name)) = parsed {
+                            states.insert(channel, ChanState::new(name, epoch, top, &inner));
+                        }
                     }
-                }
+                },
                 Some(SeqEvent::Forget(channel)) => {
                     states.remove(&channel);
                 }
@@ -1187,10 +1223,12 @@ async fn on_message(
     shard_channel: &str,
     payload: Bytes,
 ) {
-    let Some(name) = inner.channel_of(shard_channel) else {
-        return;
-    };
-    let Ok(channel) = ChannelName::parse(name) else {
+    let known = states.get(shard_channel).map(|st| st.channel.clone());
+    let Some(channel) = known.or_else(|| {
+        inner
+            .channel_of(shard_channel)
+            .and_then(|name| ChannelName::parse(name).ok())
+    }) else {
         return;
     };
     if payload.first() == Some(&b'c') {
@@ -1209,23 +1247,22 @@ async fn on_message(
         tracing::warn!(%channel, "undecodable publication from Redis");
         return;
     };
-    let st = states
-        .entry(shard_channel.to_string())
-        .or_insert_with(|| ChanState {
-            epoch: Arc::from(w.epoch),
-            last: w.offset.saturating_sub(1),
-            suspect: false,
-            generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
-        });
+    if !states.contains_key(shard_channel) {
+        let st = ChanState::new(
+            channel.clone(),
+            Arc::from(w.epoch),
+            w.offset.saturating_sub(1),
+            inner,
+        );
+        states.insert(shard_channel.to_string(), st);
+    }
+    let Some(st) = states.get_mut(shard_channel) else {
+        return;
+    };
     if *st.epoch != *w.epoch {
         // The stream restarted under a new epoch (it expired, or was lost with a Redis shard).
         // Offsets start over; clients notice the lower offset and resubscribe (protocol §11).
-        *st = ChanState {
-            epoch: Arc::from(w.epoch),
-            last: w.offset.saturating_sub(1),
-            suspect: false,
-            generation: 0,
-        };
+        st.restart(Arc::from(w.epoch), w.offset.saturating_sub(1), inner);
     }
     if w.offset <= st.last {
         return; // already delivered (repaired from history, or a second subscription)
@@ -1238,8 +1275,8 @@ async fn on_message(
     }
     st.suspect = false;
     st.last = w.offset;
-    st.generation = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
-    metrics().publications.with_label_values(&["broker"]).inc();
+    st.generation = inner.next_generation();
+    inner.broker_publications.inc();
     let frame = reply::publication(&channel, w.offset, w.data, w.info);
     inner
         .hub
@@ -1279,7 +1316,7 @@ async fn repair(
                     .deliver(channel, p.offset, Bytes::from(frame), now);
             }
             if n > 0 {
-                st.generation = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+                st.generation = inner.next_generation();
             }
             tracing::info!(%channel, missing, repaired = n, "filled a gap from history");
             if st.last < upto {
@@ -1295,7 +1332,7 @@ async fn repair(
 
 fn reset(inner: &Inner, st: &mut ChanState, channel: &ChannelName, upto: u64) {
     st.last = st.last.max(upto);
-    st.generation = inner.generation.fetch_add(1, Ordering::Relaxed) + 1;
+    st.generation = inner.next_generation();
     inner.hub.control(Control::ResetChannel {
         channel: channel.clone(),
     });
@@ -1312,21 +1349,14 @@ async fn on_check(
     let Some(st) = states.get_mut(&shard_channel) else {
         return;
     };
-    let Some(Ok(channel)) = inner.channel_of(&shard_channel).map(ChannelName::parse) else {
-        return;
-    };
+    let channel = st.channel.clone();
     // The read is newer than our state only if the state didn't change after it was issued.
     let fresh = st.generation <= read_at;
     if fresh && (st.epoch != epoch || top < st.last) {
         // The stream we were following is gone (lost in a failover, or expired and restarted
         // with publications we never saw): subscribers must recover from the new state.
         tracing::warn!(%channel, "stream changed under us; asking subscribers to resubscribe");
-        *st = ChanState {
-            epoch,
-            last: top,
-            suspect: false,
-            generation: inner.generation.fetch_add(1, Ordering::Relaxed) + 1,
-        };
+        st.restart(epoch, top, inner);
         inner.hub.control(Control::ResetChannel { channel });
         return;
     }
@@ -1378,18 +1408,7 @@ async fn run_reconnects(inner: Arc<Inner>) {
         };
         metrics().broker_reconnects.inc();
         if resubscribe {
-            let channels: Vec<String> = inner.subscribed.lock().iter().cloned().collect();
-            let n = channels.len() as u64;
-            let mut ok = true;
-            for group in by_slot(inner.cluster, channels) {
-                if let Err(e) = inner.sub.ssubscribe(group).await {
-                    tracing::warn!(error = %e, "resubscribe failed; the position check will retry");
-                    ok = false;
-                }
-            }
-            if ok {
-                metrics().broker_resubscribes.inc_by(n);
-            }
+            let _ = inner.sub_tx.send(SubReq::RefreshAll);
         }
         inner.check_now.notify_one();
     }
@@ -1515,7 +1534,6 @@ async fn deliver_scheduled(inner: &Inner, bucket: usize, id: &str, payload: &[u8
         },
         idempotency_key: Some(format!("sched:{id}")),
     };
-    let _ = raw.mt;
     match inner.publish_now(&req, unix_us()).await {
         Ok(position) => {
             metrics()
