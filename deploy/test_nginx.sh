@@ -18,27 +18,14 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NGINX="$(command -v nginx || echo /usr/sbin/nginx)"
 [[ -x "$NGINX" ]] || { echo "SKIP: nginx not installed (apt-get install -y nginx)"; exit 77; }
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/ferrocast-nginx.XXXXXX")"
+. "$HERE/.."/tests/lib.sh nginx
 chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
 
-PASSED=0
-FAILED=0
-pass() { PASSED=$((PASSED + 1)); echo "ok    $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL  $1"; [[ -n "${2:-}" ]] && sed 's/^/      /' <<<"$2"; }
 check() { # check NAME COMMAND... : pass when the command exits 0, show its output otherwise
     local name="$1" out; shift
     if out="$("$@" 2>&1)"; then pass "$name"; else fail "$name" "$out"; fi
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- static checks --------------------------------------------------------------------------
 for conf in nginx-ip-hash.conf nginx-hash-user.conf; do
@@ -249,6 +236,4 @@ check "hash-user: after n1 returns (fail_timeout) users map as before" py "$U1" 
 
 grep -q '\[emerg\]\|\[crit\]' "$TMP"/run-*/error.log && fail "nginx error logs are clean" "$(grep -h '\[emerg\]\|\[crit\]' "$TMP"/run-*/error.log)" || pass "nginx error logs have no emerg/crit entries"
 
-echo
-echo "$PASSED passed, $FAILED failed"
-[[ $FAILED -eq 0 ]]
+summary

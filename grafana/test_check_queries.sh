@@ -15,22 +15,9 @@ for bin in prometheus promtool python3; do
     command -v "$bin" >/dev/null || { echo "SKIP: $bin not installed (apt-get install -y prometheus)"; exit 77; }
 done
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/ferrocast-grafana.XXXXXX")"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+. "$HERE/.."/tests/lib.sh grafana
 
-PASSED=0
-FAILED=0
-pass() { PASSED=$((PASSED + 1)); echo "ok    $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL  $1"; [[ -n "${2:-}" ]] && sed 's/^/      /' <<<"$2"; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # --- promtool -------------------------------------------------------------------------
 out="$(promtool check rules "$HERE/alerts.yml" 2>&1)" && pass "promtool check rules alerts.yml" || fail "promtool check rules alerts.yml" "$out"
@@ -214,6 +201,4 @@ else fail "an alert on a metric the node does not export fails (rc=$rc)" "$out";
 out="$(python3 "$CHECK" "http://127.0.0.1:1" "$M1" 2>&1)"; rc=$?
 [[ $rc -eq 2 ]] && pass "unreachable Prometheus exits 2" || fail "unreachable Prometheus exits 2 (rc=$rc)" "$out"
 
-echo
-echo "$PASSED passed, $FAILED failed"
-[[ $FAILED -eq 0 ]]
+summary

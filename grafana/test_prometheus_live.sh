@@ -34,25 +34,12 @@ else
 fi
 [[ -x "$BIN" ]] || { echo "SKIP: no ferrocast binary at $BIN"; exit 77; }
 
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/ferrocast-promlive.XXXXXX")"
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+. "$ROOT"/tests/lib.sh promlive
 
-PASSED=0
-FAILED=0
-pass() { PASSED=$((PASSED + 1)); echo "ok    $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL  $1"; [[ -n "${2:-}" ]] && sed 's/^/      /' <<<"$2"; }
 check() { # check NAME COMMAND... : pass when the command exits 0; its output is shown either way
     local name="$1" out; shift
     if out="$("$@" 2>&1)"; then pass "$name: $(tail -1 <<<"$out")"; else fail "$name" "$out"; fi
 }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 LIVE=(python3 "$HERE/live_checks.py")
 
 # --- the node ---------------------------------------------------------------------------------
@@ -193,6 +180,4 @@ check "Prometheus saw the drain" "${LIVE[@]}" query "$PROM" 'max_over_time(ferro
 check "alert FerrocastDrainStuck went pending during the drain" "${LIVE[@]}" query "$PROM" 'max_over_time(ALERTS{alertname="FerrocastDrainStuck", alertstate="pending"}[1m])' 1
 check "alert FerrocastNodeDown pending once the node is gone" "${LIVE[@]}" alert "$PROM" FerrocastNodeDown pending 15
 
-echo
-echo "$PASSED passed, $FAILED failed"
-[[ $FAILED -eq 0 ]]
+summary

@@ -6,13 +6,8 @@ set -uo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 TUNE="$HERE/tune.sh"
 CONF="$HERE/99-ferrocast.conf"
-TMP="$(mktemp -d "${TMPDIR:-/tmp}/ferrocast-tune.XXXXXX")"
-trap 'rm -rf "$TMP"' EXIT
+. "$HERE/.."/tests/lib.sh tune
 
-PASSED=0
-FAILED=0
-pass() { PASSED=$((PASSED + 1)); echo "ok    $1"; }
-fail() { FAILED=$((FAILED + 1)); echo "FAIL  $1"; [[ -n "${2:-}" ]] && sed 's/^/      /' <<<"$2"; }
 
 # make_proc DIR KEY=VALUE...  -> a proc tree with DIR/sys/<key path> files, kernel-formatted
 make_proc() {
@@ -160,6 +155,4 @@ if [[ -d /proc/sys/net ]]; then
     else fail "check against the live /proc runs" "$out"; fi
 fi
 
-echo
-echo "$PASSED passed, $FAILED failed"
-[[ $FAILED -eq 0 ]]
+summary
