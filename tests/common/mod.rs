@@ -634,6 +634,12 @@ impl Client {
             .expect("send text frame");
     }
 
+    /// Sends unless the server has closed the connection already (false then): for bursts
+    /// the server is expected to cut short.
+    pub async fn try_send_json(&mut self, value: Value) -> bool {
+        self.ws.send(Message::Text(value.to_string())).await.is_ok()
+    }
+
     /// Next event from the socket itself (not the stash), skipping control frames.
     pub async fn next_event(&mut self, timeout: Duration) -> Event {
         if let Some((v, raw)) = self.stash.pop_front() {
