@@ -11,22 +11,13 @@ use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion
 use ferrocast::hub::shard::ShardState;
 use ferrocast::hub::{Delivery, Hub, ShardMsg};
 use ferrocast::protocol::{command, reply, ChannelName};
-use ferrocast::ws::connection::Connection;
+use ferrocast::ws::connection::{Connection, Route};
 use ferrocast::ws::frame;
+use ferrocast_codec::decoder::Limits;
+use ferrocast_codec::{Decoder, Flow, Item, Role};
 
 fn masked(payload: &[u8]) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut out = vec![0x81];
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    ferrocast_codec::frame::encode_masked(true, frame::OP_TEXT, payload, [0x12, 0x34, 0x56, 0x78])
 }
 
 /// Frame codec: encoding a 64-byte publication frame, decoding + unmasking client frames.
@@ -41,19 +32,59 @@ fn codec(c: &mut Criterion) {
     for size in [64usize, 1024, 16 * 1024] {
         let f = masked(&vec![b'a'; size]);
         g.throughput(Throughput::Bytes(size as u64));
-        // decode: parse the header and unmask the payload in place, as the read path does.
+        // decode: the read path's streaming decoder: header, unmask in place, UTF-8 check.
         g.bench_function(format!("decode_unmask_{size}B"), |b| {
+            let limits = Limits {
+                role: Role::Server,
+                max_message: 1 << 20,
+            };
             b.iter_batched_ref(
                 || f.clone(),
                 |buf| {
-                    let h = frame::parse_header(buf, 1 << 20).unwrap().unwrap();
-                    let (hl, fl) = (h.header_len, h.frame_len());
-                    frame::unmask(&mut buf[hl..fl], h.mask);
+                    let mut d = Decoder::new();
+                    let mut frames = u32::MAX;
+                    let mut n = 0;
+                    d.feed(buf, &limits, &mut frames, |item| {
+                        if let Item::Text(t) = item {
+                            n += t.len();
+                        }
+                        Flow::Continue
+                    })
+                    .unwrap();
+                    black_box(n)
                 },
                 BatchSize::SmallInput,
             )
         });
     }
+    // The same 16 KiB frame arriving in 64-byte reads: the decoder's work stays linear.
+    let f = masked(&vec![b'a'; 16 * 1024]);
+    g.throughput(Throughput::Bytes(f.len() as u64));
+    g.bench_function("decode_16KiB_in_64B_reads", |b| {
+        let limits = Limits {
+            role: Role::Server,
+            max_message: 1 << 20,
+        };
+        b.iter_batched_ref(
+            || f.clone(),
+            |buf| {
+                let mut d = Decoder::new();
+                let mut frames = u32::MAX;
+                let mut n = 0;
+                for chunk in buf.chunks_mut(64) {
+                    d.feed(chunk, &limits, &mut frames, |item| {
+                        if let Item::Text(t) = item {
+                            n += t.len();
+                        }
+                        Flow::Continue
+                    })
+                    .unwrap();
+                }
+                black_box(n)
+            },
+            BatchSize::SmallInput,
+        )
+    });
     g.finish();
 }
 
@@ -104,9 +135,13 @@ fn fan_out(c: &mut Criterion) {
     let mut st = ShardState::new();
     const SUBS: usize = 10_000;
     for i in 0..SUBS {
-        let key = st
-            .conns
-            .insert(Connection::new(stream.clone(), i as u64, 0)) as u32;
+        let key = st.conns.insert(Connection::new(
+            stream.clone(),
+            i as u64,
+            0,
+            Route::Commands,
+            1 << 20,
+        )) as u32;
         st.add_joining(&ch, key);
         st.activate(&ch, key, 0);
     }

@@ -60,6 +60,15 @@ fn secs(n: u64) -> HumanDuration {
     HumanDuration(Duration::from_secs(n))
 }
 
+/// Secrets that appear in the defaults, the sample configs and the docs.
+pub const SAMPLE_SECRETS: [&str; 5] = [
+    "change-me",
+    "demo-token-secret",
+    "demo-api-key",
+    "conformance-only-secret",
+    "conformance-only-api-key",
+];
+
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -71,7 +80,23 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub client: ClientConfig,
     pub shutdown: ShutdownConfig,
+    pub conformance: ConformanceConfig,
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// The RFC 6455 conformance echo route (for the Autobahn|Testsuite fuzzing client).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConformanceConfig {
+    /// Path of the echo route, e.g. "/echo"; empty = off. It runs through the same accept,
+    /// upgrade, codec, connection loop and outbound queue as `/ws`, needs no token, and echoes
+    /// every text/binary message with its opcode.
+    pub echo_path: String,
+    /// Allow the echo route on a non-loopback `listen.public` (refused otherwise).
+    pub allow_public: bool,
+    /// Inbound frames per second per echo connection; 0 = no limit (Autobahn's case 9 sends
+    /// 16,384 frames as fast as it can).
+    pub frames_per_second: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +152,10 @@ pub struct AuthConfig {
     pub ecdsa_public_key: String,
     /// Allow a `connect` without any token, as an anonymous user.
     pub allow_anonymous: bool,
+    /// `Origin` values allowed to open `/ws` (e.g. "https://library.example.org"); empty = any.
+    /// Must be set when browsers authenticate with cookies (`proxy_url`): otherwise any site
+    /// can open a socket in a logged-in user's name (cross-site WebSocket hijacking).
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for AuthConfig {
@@ -140,6 +169,7 @@ impl Default for AuthConfig {
             rsa_public_key: String::new(),
             ecdsa_public_key: String::new(),
             allow_anonymous: false,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -199,6 +229,21 @@ pub struct LimitsConfig {
     pub handshake_timeout: HumanDuration,
     /// Handshakes in progress per shard; more are refused with 503 instead of queueing.
     pub max_pending_handshakes: usize,
+    /// Inbound frames per second per connection (data, control and empty continuation frames
+    /// alike); past it the connection is closed with 4006.
+    pub frames_per_second: u32,
+    /// Largest HTTP request head (request line + headers) accepted on the public listener.
+    pub max_header_bytes: usize,
+    /// Open connections per source IP (handshakes included); 0 = no limit. Behind a proxy every
+    /// client shares the proxy's address: leave it 0 there.
+    pub max_connections_per_ip: usize,
+    /// New connections per second per source IP; 0 = no limit.
+    pub handshakes_per_ip_per_second: u32,
+    /// Publications one history or recovery reply may carry; a client further behind gets the
+    /// newest ones with `"truncated": true` (recover) or pages with `since` (history).
+    pub max_history_reply: usize,
+    /// Bytes one history or recovery reply may carry (same rule as `max_history_reply`).
+    pub max_history_reply_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -211,6 +256,12 @@ impl Default for LimitsConfig {
             commands_per_second: 200,
             handshake_timeout: secs(10),
             max_pending_handshakes: 4096,
+            frames_per_second: 400,
+            max_header_bytes: 16384,
+            max_connections_per_ip: 0,
+            handshakes_per_ip_per_second: 0,
+            max_history_reply: 1000,
+            max_history_reply_bytes: 512 * 1024,
         }
     }
 }
@@ -392,6 +443,42 @@ impl Config {
                 "at least 4096 bytes",
             ));
         }
+        if self.limits.max_message_size >= self.limits.outbound_queue_bytes {
+            return Err(invalid(
+                "limits.max_message_size",
+                "must be smaller than limits.outbound_queue_bytes (a message echoed or published \
+                 back must fit a client's queue)",
+            ));
+        }
+        if self.limits.frames_per_second == 0 {
+            return Err(invalid("limits.frames_per_second", "must be positive"));
+        }
+        if self.limits.max_header_bytes < 8192 {
+            return Err(invalid("limits.max_header_bytes", "at least 8192"));
+        }
+        if self.limits.max_history_reply == 0 || self.limits.max_history_reply_bytes < 4096 {
+            return Err(invalid(
+                "limits.max_history_reply",
+                "max_history_reply ≥ 1 and max_history_reply_bytes ≥ 4096",
+            ));
+        }
+        if !self.conformance.echo_path.is_empty() {
+            let p = &self.conformance.echo_path;
+            if !p.starts_with('/') || p == "/ws" || p.starts_with("/api/") {
+                return Err(invalid(
+                    "conformance.echo_path",
+                    "a path of its own, starting with / (not /ws or /api/…)",
+                ));
+            }
+            let public: SocketAddr = self.listen.public.parse().expect("checked above");
+            if !public.ip().is_loopback() && !self.conformance.allow_public {
+                return Err(invalid(
+                    "conformance.echo_path",
+                    "the echo route is for conformance runs on loopback; listen.public is not a \
+                     loopback address (set conformance.allow_public = true to allow it)",
+                ));
+            }
+        }
         if self.limits.commands_per_second == 0 {
             return Err(invalid("limits.commands_per_second", "must be positive"));
         }
@@ -427,6 +514,36 @@ impl Config {
                 return Err(invalid(
                     &format!("namespaces.{name}.history_size"),
                     "at most 1000000",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `serve` on a non-loopback listener refuses the secrets that ship in samples and defaults:
+    /// anyone who read the README could mint tokens or publish. The error names the key.
+    pub fn check_serving_secrets(&self) -> Result<(), ConfigError> {
+        let public: SocketAddr = self
+            .listen
+            .public
+            .parse()
+            .map_err(|e: std::net::AddrParseError| invalid("listen.public", e.to_string()))?;
+        if public.ip().is_loopback() {
+            return Ok(());
+        }
+        let keys = [
+            ("auth.token_secret", &self.auth.token_secret),
+            ("api.key", &self.api.key),
+        ];
+        for (key, value) in keys {
+            if SAMPLE_SECRETS.contains(&value.as_str()) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{value:?} is a sample secret and listen.public ({public}) is not a \
+                         loopback address: set a secret of your own (e.g. FERROCAST_{}=…)",
+                        key.to_uppercase().replace('.', "__")
+                    ),
                 ));
             }
         }
@@ -478,6 +595,65 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn sample_secrets_are_refused_off_loopback() {
+        let cfg = Config::default(); // 0.0.0.0 with "change-me"
+        let e = cfg.check_serving_secrets().unwrap_err().to_string();
+        assert!(e.contains("auth.token_secret"), "{e}");
+        let cfg = Config::load(None, &["auth.token_secret=s3cret-of-our-own".into()]).unwrap();
+        let e = cfg.check_serving_secrets().unwrap_err().to_string();
+        assert!(e.contains("api.key"), "{e}");
+        let cfg = Config::load(
+            None,
+            &[
+                "auth.token_secret=a-real-one".into(),
+                "api.key=another-real-one".into(),
+            ],
+        )
+        .unwrap();
+        cfg.check_serving_secrets().unwrap();
+        let cfg = Config::load(None, &["listen.public=127.0.0.1:0".into()]).unwrap();
+        cfg.check_serving_secrets().unwrap();
+    }
+
+    #[test]
+    fn queue_must_hold_a_whole_message() {
+        let e = Config::load(
+            None,
+            &[
+                "limits.max_message_size=1048576".into(),
+                "limits.outbound_queue_bytes=1048576".into(),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("limits.max_message_size"), "{e}");
+    }
+
+    #[test]
+    fn echo_route_stays_on_loopback() {
+        let e = Config::load(None, &["conformance.echo_path=/echo".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conformance.echo_path"), "{e}");
+        Config::load(
+            None,
+            &[
+                "conformance.echo_path=/echo".into(),
+                "conformance.allow_public=true".into(),
+            ],
+        )
+        .unwrap();
+        Config::load(
+            None,
+            &[
+                "conformance.echo_path=/echo".into(),
+                "listen.public=127.0.0.1:9001".into(),
+            ],
+        )
+        .unwrap();
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     pub outbound_queue_bytes: IntGaugeVec,
     pub slow_consumer_closes: IntCounter,
+    pub protocol_errors: IntCounterVec,
+    pub connection_panics: IntCounter,
     pub broker_up: IntGauge,
     pub broker_latency: HistogramVec,
     pub broker_errors: IntCounterVec,
@@ -158,6 +160,17 @@ impl Metrics {
                 "ferrocast_slow_consumer_closes_total",
                 "Connections closed with 4005 because their outbound queue passed its limit.",
             ),
+            protocol_errors: counter_vec(
+                &r,
+                "ferrocast_protocol_errors_total",
+                "Connections failed for breaking RFC 6455 or a frame limit, by kind.",
+                &["kind"],
+            ),
+            connection_panics: counter(
+                &r,
+                "ferrocast_connection_panics_total",
+                "Connection handlers that panicked; the connection was closed and its slot freed.",
+            ),
             broker_up: gauge(&r, "ferrocast_broker_up", "1 while the broker is reachable."),
             broker_latency,
             broker_errors: counter_vec(&r, "ferrocast_broker_errors_total", "Failed broker operations.", &["op"]),
@@ -195,15 +208,20 @@ impl Metrics {
             "limit",
             "draining",
             "upgrade",
+            "origin",
+            "per_ip",
         ] {
             self.handshake_failures.with_label_values(&[reason]);
+        }
+        for kind in PROTOCOL_ERROR_KINDS {
+            self.protocol_errors.with_label_values(&[kind]);
         }
         for source in ["api", "client", "broker", "scheduled"] {
             self.publications.with_label_values(&[source]);
         }
         for code in [
-            "1000", "1006", "4000", "4001", "4003", "4004", "4005", "4006", "4008", "4009", "4010",
-            "4011",
+            "1000", "1002", "1006", "1007", "1009", "4000", "4001", "4003", "4004", "4005", "4006",
+            "4008", "4009", "4010", "4011",
         ] {
             self.disconnects.with_label_values(&[code]);
         }
@@ -258,6 +276,14 @@ pub fn count_close(code: u16) {
         .disconnects
         .with_label_values(&[&code.to_string()])
         .inc();
+}
+
+/// The `kind` label values of `ferrocast_protocol_errors_total`.
+pub const PROTOCOL_ERROR_KINDS: [&str; 4] = ["protocol", "utf8", "too_big", "frame_rate"];
+
+/// Counts a connection failed by the frame layer.
+pub fn count_protocol_error(kind: &str) {
+    metrics().protocol_errors.with_label_values(&[kind]).inc();
 }
 
 /// Counts an error reply by code.

@@ -22,7 +22,7 @@ use crate::broker::{Control, PresenceEntry};
 use crate::metrics::{count_error, metrics};
 use crate::node::Node;
 use crate::protocol::{reply, ChannelName, CloseCode};
-use crate::ws::connection::{self, Connection};
+use crate::ws::connection::{self, Connection, Route};
 use crate::ws::frame;
 use crate::ws::outbound::Flushed;
 
@@ -36,6 +36,13 @@ pub fn clock() -> u32 {
 /// Publications handled per inbox wake-up before flushing: bounds latency under a flood while
 /// still letting many publications share one write per socket.
 const BATCH: usize = 256;
+
+/// The shard's read buffer: one socket read at a time goes through it.
+const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// Queue pushes the fan-out may do before it flushes and yields, so one hot channel can't keep
+/// the shard's other sockets (their reads, pings, replies) waiting for a whole batch.
+const FAN_OUT_TURN: usize = 16 * 1024;
 
 /// A subscriber between "subscribe received" and "caught up with the live stream".
 ///
@@ -77,6 +84,9 @@ pub struct Shard {
     /// The read buffer every connection of the shard shares (see ws::connection).
     pub scratch: RefCell<Vec<u8>>,
     pub draining: Cell<bool>,
+    /// Things that live exactly as long as a connection (the server's per-IP slot), by key;
+    /// empty unless such limits are configured.
+    attached: RefCell<HashMap<usize, Box<dyn std::any::Any>>>,
     /// Wakes the accept loop when the drain starts.
     pub drain_started: tokio::sync::Notify,
     label: String,
@@ -84,14 +94,15 @@ pub struct Shard {
 
 impl Shard {
     pub fn new(index: usize, node: Arc<Node>) -> Rc<Shard> {
-        // Room for a whole split frame of the largest allowed size plus a 64 KiB read.
-        let scratch = vec![0u8; node.config.limits.max_message_size + 14 + 64 * 1024];
+        // One read's worth: the decoder keeps a message that spans reads itself.
+        let scratch = vec![0u8; SCRATCH_BYTES];
         Rc::new(Shard {
             index,
             node,
             state: RefCell::new(ShardState::new()),
             scratch: RefCell::new(scratch),
             draining: Cell::new(false),
+            attached: RefCell::new(HashMap::new()),
             drain_started: tokio::sync::Notify::new(),
             label: index.to_string(),
         })
@@ -107,6 +118,7 @@ impl Shard {
         self: &Rc<Self>,
         stream: TcpStream,
         read_ahead: Bytes,
+        route: Route,
         identity: Option<Identity>,
         close_with: Option<CloseCode>,
     ) -> usize {
@@ -115,8 +127,8 @@ impl Shard {
         let client = self.node.next_client_id();
         let key = {
             let mut st = self.state.borrow_mut();
-            let mut conn = Connection::new(Rc::new(stream), client, deadline);
-            conn.partial = read_ahead.to_vec();
+            let out_limit = cfg.limits.outbound_queue_bytes;
+            let mut conn = Connection::new(Rc::new(stream), client, deadline, route, out_limit);
             let authenticated = identity.is_some();
             conn.identity = identity.map(Box::new);
             if let Some(code) = close_with {
@@ -133,8 +145,15 @@ impl Shard {
         m.connects.inc();
         m.sockets.with_label_values(&[&self.label]).inc();
         self.flush(key);
-        tokio::task::spawn_local(connection::run(self.clone(), key));
+        tokio::task::spawn_local(connection::run(self.clone(), key, read_ahead));
         key
+    }
+
+    /// Keeps `thing` until the connection `key` is removed (then drops it).
+    pub fn attach(&self, key: usize, thing: Box<dyn std::any::Any>) {
+        if self.state.borrow().conns.contains(key) {
+            self.attached.borrow_mut().insert(key, thing);
+        }
     }
 
     /// Writes what the connection has queued. Returns true when the queue is empty.
@@ -187,6 +206,9 @@ impl Shard {
         };
         self.node.connections.fetch_sub(1, Ordering::Relaxed);
         metrics().sockets.with_label_values(&[&self.label]).dec();
+        if !self.attached.borrow().is_empty() {
+            self.attached.borrow_mut().remove(&key);
+        }
         let client = self.node.client_name(conn.client);
         for ch in &conn.subs {
             self.after_leave(ch, &client, conn.identity.as_deref())
@@ -262,15 +284,24 @@ impl Shard {
             if rx.recv_many(&mut batch, BATCH).await == 0 {
                 return;
             }
+            let mut pushed = 0;
             for msg in batch.drain(..) {
                 match msg {
                     ShardMsg::Deliver(d) => {
-                        if self
-                            .state
-                            .borrow_mut()
-                            .fan_out(&d, self.node.config.limits.outbound_queue_bytes)
-                        {
+                        let limit = self.node.config.limits.outbound_queue_bytes;
+                        let mut st = self.state.borrow_mut();
+                        let before = st.deliveries;
+                        if st.fan_out(&d, limit) {
                             published.push(d.published_at_us);
+                        }
+                        pushed += (st.deliveries - before) as usize;
+                        drop(st);
+                        if pushed >= FAN_OUT_TURN {
+                            // A hot channel's turn is over: send what is queued and let the
+                            // shard's sockets run before the rest of the batch.
+                            pushed = 0;
+                            self.flush_dirty();
+                            tokio::task::yield_now().await;
                         }
                     }
                     ShardMsg::Control(c) => self.apply_control(c),
@@ -424,7 +455,9 @@ impl Shard {
                         continue;
                     }
                     let Some(identity) = conn.identity.as_ref() else {
-                        if now >= conn.auth_deadline {
+                        // The echo route has no authentication (and no server pings: they'd
+                        // be events a conformance client does not expect).
+                        if conn.route == Route::Commands && now >= conn.auth_deadline {
                             conn.close(CloseCode::AuthTimeout);
                         }
                         continue;
@@ -440,7 +473,10 @@ impl Shard {
                             continue;
                         }
                         None if now.saturating_sub(conn.last_seen) >= ping_every => {
-                            conn.out.push(ping.clone());
+                            // Within the queue bound (a full queue is closing already).
+                            if conn.out.bytes() + ping.len() <= conn.out_limit as usize {
+                                conn.out.push(ping.clone());
+                            }
                             conn.ping_sent = Some(now);
                             to_flush.push(key);
                         }
@@ -679,8 +715,8 @@ impl ShardState {
             return;
         };
         for (offset, frame) in held {
-            if offset == 0 || offset > after {
-                conn.out.push(frame);
+            if (offset == 0 || offset > after) && !conn.send(frame) {
+                break; // past the queue limit: the connection is closing with 4005
             }
         }
     }

@@ -17,6 +17,11 @@ pub enum ClientError {
     AlreadySubscribed,
     #[error("limit exceeded")]
     LimitExceeded,
+    /// A publication whose frame could not fit any subscriber's outbound queue
+    /// (`limits.outbound_queue_bytes`): refused at publish time instead of closing every
+    /// subscriber with 4005. Code 106, like the other limits.
+    #[error("publication larger than limits.outbound_queue_bytes")]
+    PublicationTooLarge,
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("not available")]
@@ -38,7 +43,7 @@ impl ClientError {
             ClientError::PermissionDenied => 103,
             ClientError::MethodNotFound => 104,
             ClientError::AlreadySubscribed => 105,
-            ClientError::LimitExceeded => 106,
+            ClientError::LimitExceeded | ClientError::PublicationTooLarge => 106,
             ClientError::BadRequest(_) => 107,
             ClientError::NotAvailable => 108,
             ClientError::TokenExpired => 109,
@@ -56,7 +61,7 @@ impl ClientError {
             ClientError::PermissionDenied => 403,
             ClientError::MethodNotFound => 404,
             ClientError::AlreadySubscribed => 409,
-            ClientError::LimitExceeded => 413,
+            ClientError::LimitExceeded | ClientError::PublicationTooLarge => 413,
             ClientError::NotAvailable => 503,
             ClientError::TooManyRequests => 429,
             ClientError::UnrecoverablePosition => 409,
@@ -72,8 +77,14 @@ pub enum CloseCode {
     Normal = 1000,
     /// The peer vanished (reset, EOF): nothing is sent, counted as 1006.
     Gone = 1006,
-    /// A WebSocket protocol violation we can't attribute to the JSON layer.
+    /// An RFC 6455 framing violation (reserved bits or opcodes, unmasked or fragmented control
+    /// frames, bad continuation order, an invalid close frame).
     Protocol = 1002,
+    /// A text message (or close reason) that is not UTF-8.
+    InvalidPayload = 1007,
+    /// A message past `limits.max_message_size` on the conformance echo route (`/ws` keeps its
+    /// documented 4009).
+    TooBig = 1009,
     ServerClose = 4000,
     AuthTimeout = 4001,
     Forbidden = 4003,
@@ -113,6 +124,8 @@ impl CloseCode {
             CloseCode::Normal => "normal",
             CloseCode::Gone => "gone",
             CloseCode::Protocol => "protocol error",
+            CloseCode::InvalidPayload => "invalid UTF-8",
+            CloseCode::TooBig => "message too big",
             CloseCode::ServerClose => "server close",
             CloseCode::AuthTimeout => "auth timeout",
             CloseCode::Forbidden => "forbidden",

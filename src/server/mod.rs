@@ -1,6 +1,7 @@
 //! Listeners, the accept loop and the HTTP/WebSocket upgrade path; node start-up and shutdown.
 
 pub mod admin;
+pub mod per_ip;
 pub mod upgrade;
 
 use std::net::SocketAddr;
@@ -58,6 +59,7 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Runs a node until SIGTERM/SIGINT has drained it.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    config.check_serving_secrets()?;
     let capacity = raise_fd_limit();
     metrics().socket_capacity.set(capacity as i64);
     if config.node.target_sockets > capacity {
@@ -98,14 +100,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         } else {
             Vec::new()
         };
+        let per_ip = per_ip::PerIp::new(
+            node.config.limits.max_connections_per_ip,
+            node.config.limits.handshakes_per_ip_per_second,
+        );
         let mut threads = Vec::new();
         for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
             let node = node.clone();
+            let per_ip = per_ip.clone();
             let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("shard-{i}"))
-                    .spawn(move || run_shard(i, node, listener, inbox, core))?,
+                    .spawn(move || run_shard(i, node, listener, inbox, core, per_ip))?,
             );
         }
         tracing::info!(%public, %admin, shards, node = %node.name, broker = %node.config.broker.kind, "listening public={public} admin={admin}");
@@ -162,6 +169,7 @@ fn run_shard(
     listener: std::net::TcpListener,
     inbox: tokio::sync::mpsc::UnboundedReceiver<crate::hub::ShardMsg>,
     core: Option<core_affinity::CoreId>,
+    per_ip: Option<Arc<per_ip::PerIp>>,
 ) {
     // The shard's socket gauge exists from the first scrape (0), not from its first socket.
     metrics()
@@ -182,13 +190,13 @@ fn run_shard(
         let listener = TcpListener::from_std(listener).expect("listener");
         tokio::task::spawn_local(shard.clone().run_inbox(inbox));
         tokio::task::spawn_local(shard.clone().run_ticker());
-        accept_loop(shard, listener).await;
+        accept_loop(shard, listener, per_ip).await;
         // Keep serving the drain until the process exits.
         std::future::pending::<()>().await;
     });
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+async fn accept_loop(shard: Rc<Shard>, listener: TcpListener, per_ip: Option<Arc<per_ip::PerIp>>) {
     let pending = Rc::new(std::cell::Cell::new(0usize));
     let max_pending = shard.node.config.limits.max_pending_handshakes;
     loop {
@@ -216,12 +224,32 @@ async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
             let _ = stream.try_write(BUSY);
             continue;
         }
+        let slot = match per_ip.as_ref().map(|t| t.admit(peer.ip())) {
+            None => None,
+            Some(Ok(slot)) => Some(slot),
+            Some(Err(refused)) => {
+                metrics()
+                    .handshake_failures
+                    .with_label_values(&["per_ip"])
+                    .inc();
+                let body = format!(
+                    "{{\"error\":{{\"code\":110,\"message\":\"{}\"}}}}",
+                    refused.message()
+                );
+                let head = format!(
+                    "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.try_write(format!("{head}{body}").as_bytes());
+                continue;
+            }
+        };
         let _ = stream.set_nodelay(true);
         pending.set(pending.get() + 1);
         let pending = pending.clone();
         let shard = shard.clone();
         tokio::task::spawn_local(async move {
-            upgrade::serve_http(shard, stream, peer).await;
+            upgrade::serve_http(shard, stream, peer, slot).await;
             pending.set(pending.get() - 1);
         });
     }

@@ -16,30 +16,44 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::per_ip::IpSlot;
 use crate::auth::{proxy, Identity};
 use crate::hub::shard::Shard;
 use crate::metrics::metrics;
 use crate::protocol::CloseCode;
-use crate::ws::connection::connected_body;
+use crate::ws::connection::{connected_body, Route};
 
 pub type Body = Full<Bytes>;
 
 /// Serves one accepted socket until it upgrades or closes. The header-read timeout is the
 /// handshake deadline: a slow or silent client can't hold a handshake slot for long.
-pub async fn serve_http(shard: Rc<Shard>, stream: TcpStream, _peer: SocketAddr) {
+pub async fn serve_http(
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    _peer: SocketAddr,
+    slot: Option<IpSlot>,
+) {
     let io = TokioIo::new(stream);
     let s = shard.clone();
+    // The per-IP slot follows the socket: into the WebSocket connection on upgrade, else it is
+    // given back when this HTTP connection ends.
+    let slot = Rc::new(std::cell::Cell::new(slot));
+    let upgrade_slot = slot.clone();
     // Requests served on this connection: a keep-alive connection (API clients, nginx's pool)
     // that goes idle and hits the header timeout after answering is not a failed handshake.
     let served = Rc::new(std::cell::Cell::new(0u32));
     let counter = served.clone();
     let svc = service_fn(move |req| {
         counter.set(counter.get().saturating_add(1));
-        route(s.clone(), req)
+        route(s.clone(), req, upgrade_slot.clone())
     });
+    let limits = &shard.node.config.limits;
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(shard.node.config.limits.handshake_timeout.0)
+        // Slowloris: the whole request head must arrive within the handshake timeout, and be
+        // no larger than max_header_bytes (hyper answers 431 past it).
+        .header_read_timeout(limits.handshake_timeout.0)
+        .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true)
         .serve_connection(io, svc)
         .with_upgrades();
@@ -78,10 +92,20 @@ pub fn error_response(status: u16, code: u16, message: &str) -> Response<Body> {
     )
 }
 
-async fn route(shard: Rc<Shard>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+type SlotCell = Rc<std::cell::Cell<Option<IpSlot>>>;
+
+async fn route(
+    shard: Rc<Shard>,
+    req: Request<Incoming>,
+    slot: SlotCell,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path();
     if path == "/ws" {
-        return Ok(ws_upgrade(&shard, req));
+        return Ok(ws_upgrade(&shard, req, Route::Commands, slot));
+    }
+    let echo = &shard.node.config.conformance.echo_path;
+    if !echo.is_empty() && path == echo {
+        return Ok(ws_upgrade(&shard, req, Route::Echo, slot));
     }
     if path.starts_with("/api/") {
         return Ok(crate::api::handle(&shard.node, req).await);
@@ -102,7 +126,12 @@ enum AuthPlan {
     Later,
 }
 
-fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
+fn ws_upgrade(
+    shard: &Rc<Shard>,
+    mut req: Request<Incoming>,
+    route: Route,
+    slot: SlotCell,
+) -> Response<Body> {
     let m = metrics();
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         m.handshake_failures
@@ -111,6 +140,10 @@ fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
         return error_response(426, 107, "WebSocket upgrade required");
     }
     let node = &shard.node;
+    if !origin_allowed(&node.config.auth.allowed_origins, &req) {
+        m.handshake_failures.with_label_values(&["origin"]).inc();
+        return error_response(403, 103, "origin not allowed");
+    }
     if node.is_draining() || shard.draining.get() {
         m.handshake_failures.with_label_values(&["draining"]).inc();
         return error_response(503, 108, "node is draining");
@@ -126,7 +159,12 @@ fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
         }
     };
     let cfg = &node.config;
-    let plan = match query_param(req.uri().query().unwrap_or(""), "token") {
+    let token = match route {
+        Route::Commands => query_param(req.uri().query().unwrap_or(""), "token"),
+        Route::Echo => None,
+    };
+    let plan = match token {
+        _ if route == Route::Echo => AuthPlan::Later,
         Some(token) => match node.verifier.verify(&token) {
             Ok(identity) => AuthPlan::Ready(identity),
             Err(e) => {
@@ -146,6 +184,7 @@ fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
         m.handshake_failures.with_label_values(&["limit"]).inc();
     }
     let shard = shard.clone();
+    let slot = slot.take();
     tokio::task::spawn_local(async move {
         let Ok(upgraded) = on_upgrade.await else {
             metrics()
@@ -163,21 +202,39 @@ fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
         };
         let stream = parts.io.into_inner();
         let read_ahead = parts.read_buf;
+        let register = |shard: &Rc<Shard>, key: usize| {
+            if let Some(slot) = slot {
+                shard.attach(key, Box::new(slot));
+            }
+            key
+        };
         match plan {
             _ if over_limit => {
-                shard.register(stream, read_ahead, None, Some(CloseCode::ConnectionLimit));
+                let code = Some(CloseCode::ConnectionLimit);
+                register(
+                    &shard,
+                    shard.register(stream, read_ahead, route, None, code),
+                );
             }
             AuthPlan::Ready(identity) => {
-                shard.register(stream, read_ahead, Some(identity), None);
+                let key = shard.register(stream, read_ahead, route, Some(identity), None);
+                register(&shard, key);
             }
             AuthPlan::Reject(code) => {
-                shard.register(stream, read_ahead, None, Some(code));
+                register(
+                    &shard,
+                    shard.register(stream, read_ahead, route, None, Some(code)),
+                );
             }
             AuthPlan::Later => {
-                shard.register(stream, read_ahead, None, None);
+                register(
+                    &shard,
+                    shard.register(stream, read_ahead, route, None, None),
+                );
             }
             AuthPlan::Proxy(headers) => {
-                let key = shard.register(stream, read_ahead, None, None);
+                let key = shard.register(stream, read_ahead, route, None, None);
+                let key = register(&shard, key);
                 let client_n = shard.state.borrow().conns[key].client;
                 let client = shard.node.client_name(client_n);
                 let cfg = &shard.node.config.auth;
@@ -214,6 +271,24 @@ fn ws_upgrade(shard: &Rc<Shard>, mut req: Request<Incoming>) -> Response<Body> {
     });
     let (parts, _) = response.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))
+}
+
+/// `auth.allowed_origins`: empty allows any. A request without `Origin` is not from a browser
+/// page (browsers always send it on WebSocket upgrades), so it can't be a cross-site hijack and
+/// is allowed; a browser page from another site is refused.
+fn origin_allowed(allowed: &[String], req: &Request<Incoming>) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match req.headers().get(hyper::header::ORIGIN) {
+        None => true,
+        Some(origin) => {
+            let origin = origin.to_str().unwrap_or("");
+            allowed
+                .iter()
+                .any(|a| a == "*" || a.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+        }
+    }
 }
 
 /// The value of `name` in a query string, percent-decoded.

@@ -2,11 +2,19 @@
 //! from it.
 //!
 //! The lean read path: an idle connection owns no read buffer. When the socket is readable the
-//! task reads into the shard's scratch buffer, decodes and unmasks every complete frame in place,
-//! and keeps only the bytes of a frame split across reads (`partial`). Writes are done by whoever
-//! queued data (the fan-out or a command reply) with a vectored non-blocking write; this task only
-//! waits for writability when the socket was full.
+//! task reads into the shard's scratch buffer and feeds it to the connection's streaming
+//! [`Decoder`] (RFC 6455, ferrocast-codec), which unmasks whole frames in place and keeps only a
+//! message that spans reads — so an idle connection's decoder is one null pointer, and a frame
+//! arriving in many small reads costs linear work. Writes are done by whoever queued data (the
+//! fan-out or a command reply) with a vectored non-blocking write; this task only waits for
+//! writability when the socket was full.
+//!
+//! Closing follows RFC 6455 §7: everything decoded before a close frame, an error or EOF is
+//! handled first; a peer's close is answered and TCP closed at once; a close the server starts is
+//! followed by a half-close and a short wait for the peer's answer, so the peer reads the real
+//! code instead of a reset (1006).
 
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::io;
 use std::rc::Rc;
@@ -14,25 +22,33 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferrocast_codec::decoder::Limits;
+use ferrocast_codec::{DecodeError, Decoder, Flow, Item, Role};
 use tokio::net::TcpStream;
 
-use super::frame::{self, FrameError, FrameHeader};
+use super::frame;
 use super::outbound::OutboundQueue;
 use crate::auth::Identity;
 use crate::hub::client;
 use crate::hub::shard::{clock, Shard};
-use crate::metrics::metrics;
+use crate::metrics::{count_protocol_error, metrics};
 use crate::protocol::{command, reply, ClientError, CloseCode, Command};
 
 /// Bytes one connection may read per wake-up before yielding to others on the shard.
 const READ_BUDGET: usize = 256 * 1024;
 /// How long a closing connection may take to take its close frame.
 const CLOSE_FLUSH_DEADLINE: Duration = Duration::from_secs(2);
+/// After the server's close frame, how long the peer has to answer it (or hang up) before TCP is
+/// shut anyway.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
-/// A message being reassembled from fragments.
-pub struct Fragment {
-    pub opcode: u8,
-    pub data: Vec<u8>,
+/// What the messages of a connection mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// `/ws`: JSON commands of protocol v1.
+    Commands,
+    /// The conformance echo route: every message comes back unchanged, with its opcode.
+    Echo,
 }
 
 pub struct Connection {
@@ -44,9 +60,8 @@ pub struct Connection {
     /// `None` until authenticated.
     pub identity: Option<Box<Identity>>,
     pub subs: Vec<crate::protocol::ChannelName>,
-    /// Bytes of a frame split across reads.
-    pub partial: Vec<u8>,
-    pub fragment: Option<Box<Fragment>>,
+    /// The frame decoder: holds a message cut across reads, nothing between messages.
+    pub decoder: Decoder,
     /// Shard clock seconds of the last frame received.
     pub last_seen: u32,
     pub ping_sent: Option<u32>,
@@ -58,13 +73,23 @@ pub struct Connection {
     pub blocked: bool,
     /// Queued output not yet flushed in this fan-out batch.
     pub dirty: bool,
-    /// Rate limit: commands in the current one-second window.
+    pub route: Route,
+    /// Rate limits: the current one-second window, and the commands and frames seen in it.
     pub window_start: u32,
     pub window_count: u32,
+    pub window_frames: u32,
+    /// Bytes all output queued for this client may take (`limits.outbound_queue_bytes`).
+    pub out_limit: u32,
 }
 
 impl Connection {
-    pub fn new(stream: Rc<TcpStream>, client: u64, auth_deadline: u32) -> Self {
+    pub fn new(
+        stream: Rc<TcpStream>,
+        client: u64,
+        auth_deadline: u32,
+        route: Route,
+        out_limit: usize,
+    ) -> Self {
         let now = clock();
         Connection {
             stream,
@@ -73,8 +98,7 @@ impl Connection {
             client,
             identity: None,
             subs: Vec::new(),
-            partial: Vec::new(),
-            fragment: None,
+            decoder: Decoder::new(),
             last_seen: now,
             ping_sent: None,
             auth_deadline,
@@ -82,8 +106,11 @@ impl Connection {
             custom_close: None,
             blocked: false,
             dirty: false,
+            route,
             window_start: now,
             window_count: 0,
+            window_frames: 0,
+            out_limit: u32::try_from(out_limit).unwrap_or(u32::MAX),
         }
     }
 
@@ -97,14 +124,20 @@ impl Connection {
         }
     }
 
-    /// A fixed one-second window: over `limit` commands → error 110; at twice the limit the
-    /// client is not listening to its errors → close 4006.
-    pub fn rate_limit(&mut self, limit: u32) -> Result<(), ClientError> {
+    /// Starts a new one-second rate window when the clock moved on.
+    fn roll_window(&mut self) {
         let now = clock();
         if self.window_start != now {
             self.window_start = now;
             self.window_count = 0;
+            self.window_frames = 0;
         }
+    }
+
+    /// A fixed one-second window: over `limit` commands → error 110; at twice the limit the
+    /// client is not listening to its errors → close 4006.
+    pub fn rate_limit(&mut self, limit: u32) -> Result<(), ClientError> {
+        self.roll_window();
         self.window_count += 1;
         if self.window_count > limit.saturating_mul(2) {
             self.close(CloseCode::TooManyRequests);
@@ -122,8 +155,24 @@ impl Connection {
         }
     }
 
+    /// Queues a frame unless that would take the client's output past `out_limit`: then the
+    /// client is a slow consumer and is closed with 4005 (nothing more is queued). Every kind of
+    /// output — publications, replies, history, pongs, echoes — goes through this one bound.
+    pub fn send(&mut self, frame: Bytes) -> bool {
+        if self.closing.is_some() {
+            return false;
+        }
+        if self.out.bytes() + frame.len() > self.out_limit as usize {
+            metrics().slow_consumer_closes.inc();
+            self.close(CloseCode::SlowConsumer);
+            return false;
+        }
+        self.out.push(frame);
+        true
+    }
+
     pub fn queue_text(&mut self, json: &[u8]) {
-        self.out.push(frame::text(json));
+        self.send(frame::text(json));
     }
 }
 
@@ -133,19 +182,66 @@ enum Event {
     Close,
 }
 
-/// What one read pass produced.
-enum ReadOutcome {
-    /// Complete commands to run, in order (maybe none).
-    Commands(Vec<Command>),
-    /// The peer closed the connection (close frame with this code, or EOF = 1006).
-    PeerClosed(u16),
+/// How the peer ended the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerEnd {
+    /// A close frame with this code (1005: none given).
+    Closed(u16),
+    /// EOF or a reset without a close frame.
+    Gone,
 }
 
-/// The connection's task: wait for a socket event, handle it, repeat; then close.
-pub async fn run(shard: Rc<Shard>, key: usize) {
+/// What one read pass produced.
+struct ReadOutcome {
+    /// Complete commands to run, in order (maybe none).
+    commands: Vec<Command>,
+    /// The peer closed after them.
+    end: Option<PeerEnd>,
+}
+
+/// Removes the connection from its shard if its task unwinds (a panic in command handling), so
+/// the slot, its subscriptions and the node's connection count are released and the panic is
+/// counted.
+struct SlotGuard {
+    shard: Rc<Shard>,
+    key: usize,
+    armed: Cell<bool>,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        if self.armed.get() && std::thread::panicking() {
+            metrics().connection_panics.inc();
+            crate::metrics::count_close(1011);
+            let (shard, key) = (self.shard.clone(), self.key);
+            tokio::task::spawn_local(async move { shard.remove_connection(key).await });
+        }
+    }
+}
+
+/// The connection's task: handle what came with the upgrade, then wait for a socket event,
+/// handle it, repeat; then close.
+pub async fn run(shard: Rc<Shard>, key: usize, read_ahead: Bytes) {
+    let guard = SlotGuard {
+        shard: shard.clone(),
+        key,
+        armed: Cell::new(true),
+    };
     let stream = shard.state.borrow().conns[key].stream.clone();
-    let mut peer_code = None;
-    loop {
+    let mut end = None;
+    if !read_ahead.is_empty() {
+        // A client may send its first frames in the same write as the upgrade request: they are
+        // input like any other, handled now (the socket won't signal them again).
+        let mut input = read_ahead.to_vec();
+        let outcome = {
+            let mut st = shard.state.borrow_mut();
+            let mut commands = Vec::new();
+            let end = decode(&shard, &mut st.conns[key], &mut input, &mut commands);
+            ReadOutcome { commands, end }
+        };
+        end = run_commands(&shard, key, outcome).await;
+    }
+    while end.is_none() {
         let ev = poll_fn(|cx| {
             let mut st = shard.state.borrow_mut();
             let conn = &mut st.conns[key];
@@ -170,48 +266,49 @@ pub async fn run(shard: Rc<Shard>, key: usize) {
                 shard.state.borrow_mut().conns[key].blocked = false;
                 shard.flush(key);
             }
-            Event::Readable => match read_frames(&shard, key, &stream) {
-                ReadOutcome::PeerClosed(code) => {
-                    peer_code = Some(code);
-                    break;
-                }
-                ReadOutcome::Commands(cmds) => {
-                    for cmd in cmds {
-                        if shard.state.borrow().conns[key].closing.is_some() {
-                            break;
-                        }
-                        // Boxed so the idle connection's future stays small: command handling
-                        // state exists only while a command runs.
-                        Box::pin(client::handle(&shard, key, cmd)).await;
-                    }
-                    // Cork: every reply produced by this read leaves in one write.
-                    shard.flush(key);
-                }
-            },
+            Event::Readable => {
+                let outcome = read_frames(&shard, key, &stream);
+                end = run_commands(&shard, key, outcome).await;
+            }
         }
     }
-    finish(&shard, key, &stream, peer_code).await;
+    finish(&shard, key, &stream, end).await;
+    guard.armed.set(false);
 }
 
-/// Sends the close frame (unless the peer vanished), waits briefly for it to leave, and
-/// removes the connection from the shard.
-async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, peer_code: Option<u16>) {
-    let code = {
+/// Runs the commands of one read in order, then flushes their replies in one write (cork).
+async fn run_commands(shard: &Rc<Shard>, key: usize, outcome: ReadOutcome) -> Option<PeerEnd> {
+    for cmd in outcome.commands {
+        if shard.state.borrow().conns[key].closing.is_some() {
+            break;
+        }
+        // Boxed so the idle connection's future stays small: command handling state exists
+        // only while a command runs.
+        Box::pin(client::handle(shard, key, cmd)).await;
+    }
+    shard.flush(key);
+    outcome.end
+}
+
+/// Sends the close frame (unless the peer vanished), lets it leave, and removes the connection
+/// from the shard.
+async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, end: Option<PeerEnd>) {
+    let (code, linger) = {
         let mut st = shard.state.borrow_mut();
         let conn = &mut st.conns[key];
-        match (peer_code, conn.closing) {
-            (Some(1006), _) => 1006,
-            (Some(code), _) => {
-                // Echo the peer's close, as RFC 6455 §5.5.1 asks.
+        match (end, conn.closing) {
+            (Some(PeerEnd::Gone), _) => (1006, false),
+            (Some(PeerEnd::Closed(code)), _) => {
+                // Answer the peer's close (RFC 6455 §5.5.1); the server then closes TCP first.
                 conn.out.push(frame::close(1000, ""));
-                code
+                (code, false)
             }
-            (None, Some(CloseCode::Gone)) | (None, None) => 1006,
+            (None, Some(CloseCode::Gone)) | (None, None) => (1006, false),
             (None, Some(code)) => {
                 if code == CloseCode::SlowConsumer {
                     conn.out.drop_unsent();
                 }
-                match conn.custom_close.take() {
+                let code = match conn.custom_close.take() {
                     Some(custom) => {
                         conn.out.push(frame::close(custom.0, &custom.1));
                         custom.0
@@ -220,161 +317,178 @@ async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, peer_code
                         conn.out.push(frame::close(code.as_u16(), code.reason()));
                         code.as_u16()
                     }
-                }
+                };
+                (code, true)
             }
         }
     };
     if code != 1006 {
-        let _ = tokio::time::timeout(CLOSE_FLUSH_DEADLINE, async {
+        let sent = tokio::time::timeout(CLOSE_FLUSH_DEADLINE, async {
             loop {
                 if let Some(conn) = shard.state.borrow_mut().conns.get_mut(key) {
                     conn.blocked = false;
                 }
                 if shard.flush(key) {
-                    break;
+                    return true;
                 }
                 if stream.writable().await.is_err() {
-                    break;
+                    return false;
                 }
             }
         })
-        .await;
+        .await
+        .unwrap_or(false);
+        if sent && linger {
+            // Half-close, then wait for the peer's close frame or EOF: closing a socket with
+            // unread input makes the kernel send a reset, and the peer would see 1006.
+            let _ = socket2::SockRef::from(&**stream).shutdown(std::net::Shutdown::Write);
+            let _ = tokio::time::timeout(CLOSE_LINGER, drain_until_eof(stream)).await;
+        }
     }
     crate::metrics::count_close(code);
     shard.remove_connection(key).await;
 }
 
-/// Reads everything available (up to a budget) through the shard's scratch buffer.
+/// Reads and discards until the peer hangs up.
+async fn drain_until_eof(stream: &TcpStream) {
+    let mut sink = [0u8; 2048];
+    loop {
+        if stream.readable().await.is_err() {
+            return;
+        }
+        match stream.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Reads everything available (up to a budget) through the shard's scratch buffer and decodes
+/// it; stops at the peer's close, an error or EOF, keeping what was decoded before.
 fn read_frames(shard: &Rc<Shard>, key: usize, stream: &TcpStream) -> ReadOutcome {
-    let max = shard.node.config.limits.max_message_size;
-    let rate = shard.node.config.limits.commands_per_second;
     let mut commands = Vec::new();
     let mut scratch = shard.scratch.borrow_mut();
     let mut st = shard.state.borrow_mut();
     let conn = &mut st.conns[key];
     let mut read_total = 0;
     loop {
-        // Resume a split frame: its bytes go first.
-        let mut filled = conn.partial.len();
-        scratch[..filled].copy_from_slice(&conn.partial);
-        conn.partial = Vec::new();
-        let n = match stream.try_read(&mut scratch[filled..]) {
-            Ok(0) => return ReadOutcome::PeerClosed(1006),
+        if conn.closing.is_some() || conn.decoder.is_done() {
+            break;
+        }
+        let n = match stream.try_read(&mut scratch[..]) {
+            Ok(0) => {
+                return ReadOutcome {
+                    commands,
+                    end: Some(PeerEnd::Gone),
+                }
+            }
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                conn.partial = scratch[..filled].to_vec();
-                break;
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                return ReadOutcome {
+                    commands,
+                    end: Some(PeerEnd::Gone),
+                }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                conn.partial = scratch[..filled].to_vec();
-                continue;
-            }
-            Err(_) => return ReadOutcome::PeerClosed(1006),
         };
-        filled += n;
         read_total += n;
         conn.last_seen = clock();
         conn.ping_sent = None;
-        let mut pos = 0;
-        while pos < filled {
-            let header = match frame::parse_header(&scratch[pos..filled], max) {
-                Ok(Some(h)) if pos + h.frame_len() <= filled => h,
-                Ok(_) => break,
-                Err(e) => {
-                    conn.close(frame_error_code(e));
-                    return ReadOutcome::Commands(commands);
-                }
+        if let Some(end) = decode(shard, conn, &mut scratch[..n], &mut commands) {
+            return ReadOutcome {
+                commands,
+                end: Some(end),
             };
-            let start = pos + header.header_len;
-            let end = pos + header.frame_len();
-            pos = end;
-            let payload = &mut scratch[start..end];
-            frame::unmask(payload, header.mask);
-            match on_frame(conn, &header, payload, max, rate, &mut commands) {
-                Ok(None) => {}
-                Ok(Some(peer_close)) => return ReadOutcome::PeerClosed(peer_close),
-                Err(code) => {
-                    conn.close(code);
-                    return ReadOutcome::Commands(commands);
-                }
-            }
-        }
-        if pos < filled {
-            conn.partial = scratch[pos..filled].to_vec();
         }
         if read_total >= READ_BUDGET {
             // More may be waiting; the socket stays readable, so the task comes back.
             break;
         }
     }
-    ReadOutcome::Commands(commands)
-}
-
-fn frame_error_code(e: FrameError) -> CloseCode {
-    match e {
-        FrameError::TooBig => CloseCode::MessageTooBig,
-        _ => CloseCode::BadRequest,
+    ReadOutcome {
+        commands,
+        end: None,
     }
 }
 
-/// Handles one decoded frame. `Ok(Some(code))` = the peer sent a close frame.
-fn on_frame(
+/// Feeds `input` to the connection's decoder: pings are answered, echoes queued (echo route),
+/// commands collected; a protocol error closes the connection with its RFC 6455 code after what
+/// came before it. Returns the peer's close, if one was decoded.
+fn decode(
+    shard: &Shard,
     conn: &mut Connection,
-    h: &FrameHeader,
-    payload: &[u8],
-    max: usize,
-    rate: u32,
+    input: &mut [u8],
     commands: &mut Vec<Command>,
-) -> Result<Option<u16>, CloseCode> {
-    match h.opcode {
-        frame::OP_PING => {
-            conn.out.push(frame::encode(frame::OP_PONG, payload));
-            Ok(None)
-        }
-        frame::OP_PONG => Ok(None),
-        frame::OP_CLOSE => {
-            let code = if payload.len() >= 2 {
-                u16::from_be_bytes([payload[0], payload[1]])
-            } else {
-                1005
-            };
-            Ok(Some(code))
-        }
-        frame::OP_TEXT | frame::OP_BINARY => {
-            if conn.fragment.is_some() {
-                return Err(CloseCode::BadRequest);
+) -> Option<PeerEnd> {
+    let cfg = &shard.node.config;
+    let echo = conn.route == Route::Echo;
+    let limits = Limits {
+        role: Role::Server,
+        max_message: cfg.limits.max_message_size,
+    };
+    let frames_per_second = if echo {
+        cfg.conformance.frames_per_second
+    } else {
+        cfg.limits.frames_per_second
+    };
+    conn.roll_window();
+    let mut allowance = match frames_per_second {
+        0 => u32::MAX,
+        n => n.saturating_sub(conn.window_frames),
+    };
+    let before = allowance;
+    let rate = cfg.limits.commands_per_second;
+    let mut decoder = std::mem::take(&mut conn.decoder);
+    let mut end = None;
+    let result = decoder.feed(input, &limits, &mut allowance, |item| {
+        match item {
+            Item::Text(text) if echo => {
+                conn.send(frame::encode(frame::OP_TEXT, text.as_bytes()));
             }
-            if h.fin {
-                on_message(conn, payload, commands, rate);
-            } else {
-                conn.fragment = Some(Box::new(Fragment {
-                    opcode: h.opcode,
-                    data: payload.to_vec(),
-                }));
+            Item::Binary(data) if echo => {
+                conn.send(frame::encode(frame::OP_BINARY, data));
             }
-            Ok(None)
+            Item::Text(text) => on_message(conn, text.as_bytes(), commands, rate),
+            Item::Binary(data) => on_message(conn, data, commands, rate),
+            Item::Ping(payload) => {
+                conn.send(frame::encode(frame::OP_PONG, payload));
+            }
+            Item::Pong(_) => {} // a pong proves liveness like any frame (last_seen)
+            Item::Close(close) => end = Some(PeerEnd::Closed(close.map_or(1005, |(c, _)| c))),
         }
-        _ => {
-            // Continuation.
-            let Some(frag) = conn.fragment.as_mut() else {
-                return Err(CloseCode::BadRequest);
-            };
-            if frag.data.len() + payload.len() > max {
-                return Err(CloseCode::MessageTooBig);
-            }
-            frag.data.extend_from_slice(payload);
-            if h.fin {
-                let frag = conn.fragment.take().expect("fragment");
-                on_message(conn, &frag.data, commands, rate);
-            }
-            Ok(None)
+        if conn.closing.is_some() {
+            Flow::Stop
+        } else {
+            Flow::Continue
         }
+    });
+    conn.decoder = decoder;
+    conn.window_frames = conn.window_frames.saturating_add(before - allowance);
+    if let Err(e) = result {
+        let (code, kind) = match e {
+            DecodeError::Protocol(_) => (CloseCode::Protocol, "protocol"),
+            DecodeError::InvalidUtf8 => (CloseCode::InvalidPayload, "utf8"),
+            DecodeError::TooBig if echo => (CloseCode::TooBig, "too_big"),
+            // `/ws` keeps the contract's application code for its own size limit.
+            DecodeError::TooBig => (CloseCode::MessageTooBig, "too_big"),
+            DecodeError::FrameBudget => (CloseCode::TooManyRequests, "frame_rate"),
+        };
+        count_protocol_error(kind);
+        tracing::debug!(client = conn.client, error = %e, "closing: {}", code.as_u16());
+        conn.close(code);
     }
+    end
 }
 
 /// A complete message: one JSON command. A malformed one is answered with 107 and counted; the
 /// connection stays open, but malformed frames count against the rate limit like commands.
 fn on_message(conn: &mut Connection, msg: &[u8], commands: &mut Vec<Command>, rate: u32) {
+    #[cfg(debug_assertions)]
+    test_hooks::maybe_panic(msg);
     match command::parse(msg) {
         Ok(cmd) => commands.push(cmd),
         Err(e) => {
@@ -392,6 +506,22 @@ fn on_message(conn: &mut Connection, msg: &[u8], commands: &mut Vec<Command>, ra
                 // Garbage before authentication: this is not one of our clients.
                 conn.close(CloseCode::BadRequest);
             }
+        }
+    }
+}
+
+/// Debug builds only: lets the integration tests prove that a panic inside one connection's
+/// handling frees its slot (`FERROCAST_TEST_PANIC=1` and the message `"__panic__"`).
+#[cfg(debug_assertions)]
+mod test_hooks {
+    use std::sync::OnceLock;
+
+    pub fn maybe_panic(msg: &[u8]) {
+        static ON: OnceLock<bool> = OnceLock::new();
+        if *ON.get_or_init(|| std::env::var_os("FERROCAST_TEST_PANIC").is_some())
+            && msg == b"\"__panic__\""
+        {
+            panic!("test hook: panic inside a connection");
         }
     }
 }
