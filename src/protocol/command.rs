@@ -290,4 +290,61 @@ mod tests {
         let c = parse(br#"{"id":1,"connect":{"token":""}}"#).unwrap();
         assert_eq!(c.kind, CommandKind::Connect { token: None });
     }
+
+    mod props {
+        use super::super::parse;
+        use proptest::prelude::*;
+
+        /// JSON-shaped text built from the protocol's own words, nested and mangled, so the
+        /// parser's paths past the first `{` are reached, not only its "malformed" answer.
+        fn commandish() -> impl Strategy<Value = String> {
+            let word = prop_oneof![
+                Just("\"id\"".to_string()),
+                Just("\"connect\"".to_string()),
+                Just("\"subscribe\"".to_string()),
+                Just("\"publish\"".to_string()),
+                Just("\"history\"".to_string()),
+                Just("\"channel\"".to_string()),
+                Just("\"recover\"".to_string()),
+                Just("\"offset\"".to_string()),
+                Just("\"data\"".to_string()),
+                Just("\"since\"".to_string()),
+                Just("\"limit\"".to_string()),
+                "\"[a-z:]{0,12}\"",
+                "-?[0-9]{1,22}(\\.[0-9]+)?(e[0-9]{1,4})?",
+                Just("null".to_string()),
+                Just("true".to_string()),
+                Just("{".to_string()),
+                Just("}".to_string()),
+                Just("[".to_string()),
+                Just("]".to_string()),
+                Just(":".to_string()),
+                Just(",".to_string()),
+                Just("\"\\ud800\"".to_string()),
+            ];
+            proptest::collection::vec(word, 0..40).prop_map(|w| w.concat())
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = parse(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_command_text_never_panics(text in commandish()) {
+                let _ = parse(text.as_bytes());
+                let wrapped = format!("{{\"id\":1,\"subscribe\":{text}}}");
+                let _ = parse(wrapped.as_bytes());
+            }
+
+            #[test]
+            fn deep_nesting_is_an_error_not_a_crash(depth in 1usize..20_000) {
+                let text = format!("{{\"id\":1,\"publish\":{{\"channel\":\"a\",\"data\":{}}}}}", "[".repeat(depth));
+                prop_assert!(parse(text.as_bytes()).is_err());
+            }
+        }
+    }
 }
