@@ -244,6 +244,9 @@ pub struct LimitsConfig {
     pub max_history_reply: usize,
     /// Bytes one history or recovery reply may carry (same rule as `max_history_reply`).
     pub max_history_reply_bytes: usize,
+    /// Deliveries waiting in the shards' inboxes (all shards) past which new publications are
+    /// refused with 503 / error 108 until the shards catch up.
+    pub max_inbox_backlog: usize,
 }
 
 impl Default for LimitsConfig {
@@ -262,6 +265,7 @@ impl Default for LimitsConfig {
             handshakes_per_ip_per_second: 0,
             max_history_reply: 1000,
             max_history_reply_bytes: 512 * 1024,
+            max_inbox_backlog: 1_000_000,
         }
     }
 }

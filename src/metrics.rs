@@ -30,6 +30,7 @@ pub struct Metrics {
     pub outbound_queue_bytes: IntGaugeVec,
     pub slow_consumer_closes: IntCounter,
     pub protocol_errors: IntCounterVec,
+    pub inbox_backlog: IntGauge,
     pub connection_panics: IntCounter,
     pub broker_up: IntGauge,
     pub broker_latency: HistogramVec,
@@ -165,6 +166,11 @@ impl Metrics {
                 "ferrocast_protocol_errors_total",
                 "Connections failed for breaking RFC 6455 or a frame limit, by kind.",
                 &["kind"],
+            ),
+            inbox_backlog: gauge(
+                &r,
+                "ferrocast_inbox_backlog",
+                "Deliveries waiting in the shards' inboxes (publications are refused past limits.max_inbox_backlog).",
             ),
             connection_panics: counter(
                 &r,

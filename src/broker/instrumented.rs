@@ -34,6 +34,11 @@ pub const OPS: &[&str] = &[
     "nodes",
 ];
 
+/// The shards' inboxes are past `limits.max_inbox_backlog`: 503 / error 108, retry later.
+fn overloaded() -> BrokerError {
+    BrokerError::Unavailable("node overloaded: shards are behind on fan-out".into())
+}
+
 struct Op {
     latency: Histogram,
     errors: IntCounter,
@@ -41,12 +46,14 @@ struct Op {
 
 pub struct Instrumented {
     inner: Arc<dyn Broker>,
+    /// Publications are refused while the node's shards are too far behind.
+    hub: Arc<crate::hub::Hub>,
     /// Label handles resolved once (a label lookup takes a lock inside prometheus).
     ops: Vec<Op>,
 }
 
 impl Instrumented {
-    pub fn wrap(inner: Arc<dyn Broker>) -> Arc<dyn Broker> {
+    pub fn wrap(inner: Arc<dyn Broker>, hub: Arc<crate::hub::Hub>) -> Arc<dyn Broker> {
         let m = metrics();
         let ops = OPS
             .iter()
@@ -55,7 +62,7 @@ impl Instrumented {
                 errors: m.broker_errors.with_label_values(&[op]),
             })
             .collect();
-        Arc::new(Instrumented { inner, ops })
+        Arc::new(Instrumented { inner, hub, ops })
     }
 
     async fn timed<T>(
@@ -78,6 +85,9 @@ impl Instrumented {
 #[async_trait]
 impl Broker for Instrumented {
     async fn publish(&self, req: PublishRequest) -> Result<Published, BrokerError> {
+        if self.hub.overloaded() {
+            return Err(overloaded());
+        }
         self.timed("publish", self.inner.publish(req)).await
     }
 

@@ -218,10 +218,12 @@ pub async fn build(
 ) -> anyhow::Result<Arc<dyn Broker>> {
     match config.kind.as_str() {
         "memory" => Ok(instrumented::Instrumented::wrap(
-            memory::MemoryBroker::start(hub),
+            memory::MemoryBroker::start(hub.clone()),
+            hub,
         )),
         "redis" | "redis-cluster" => Ok(instrumented::Instrumented::wrap(
-            redis::RedisBroker::start(config, hub).await?,
+            redis::RedisBroker::start(config, hub.clone()).await?,
+            hub,
         )),
         other => anyhow::bail!("broker.kind: {other:?} is not available in this build"),
     }

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod shard;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -38,13 +39,42 @@ pub enum ShardMsg {
 
 pub struct Hub {
     shards: Vec<mpsc::UnboundedSender<ShardMsg>>,
+    /// Deliveries handed to shard inboxes and not yet fanned out (all shards together).
+    backlog: AtomicUsize,
+    /// Past this backlog new publications are refused (`limits.max_inbox_backlog`): the inboxes
+    /// stay bounded by refusing at the door instead of dropping what was accepted.
+    max_backlog: AtomicUsize,
 }
 
 impl Hub {
     /// A hub for `n` shards, and the inbox each shard thread will drain.
     pub fn new(n: usize) -> (Arc<Hub>, Vec<mpsc::UnboundedReceiver<ShardMsg>>) {
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
-        (Arc::new(Hub { shards: txs }), rxs)
+        let hub = Hub {
+            shards: txs,
+            backlog: AtomicUsize::new(0),
+            max_backlog: AtomicUsize::new(usize::MAX),
+        };
+        (Arc::new(hub), rxs)
+    }
+
+    pub fn set_max_backlog(&self, max: usize) {
+        self.max_backlog.store(max, Ordering::Relaxed);
+    }
+
+    /// Deliveries waiting in shard inboxes.
+    pub fn backlog(&self) -> usize {
+        self.backlog.load(Ordering::Relaxed)
+    }
+
+    /// Whether the shards are so far behind that new publications should be refused.
+    pub fn overloaded(&self) -> bool {
+        self.backlog() >= self.max_backlog.load(Ordering::Relaxed)
+    }
+
+    /// A shard took `n` deliveries out of its inbox.
+    pub fn taken(&self, n: usize) {
+        self.backlog.fetch_sub(n, Ordering::Relaxed);
     }
 
     pub fn shard_count(&self) -> usize {
@@ -66,7 +96,9 @@ impl Hub {
             published_at_us,
         });
         for tx in &self.shards {
-            let _ = tx.send(ShardMsg::Deliver(d.clone()));
+            if tx.send(ShardMsg::Deliver(d.clone())).is_ok() {
+                self.backlog.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 

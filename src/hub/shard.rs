@@ -288,6 +288,7 @@ impl Shard {
             for msg in batch.drain(..) {
                 match msg {
                     ShardMsg::Deliver(d) => {
+                        self.node.hub.taken(1);
                         let limit = self.node.config.limits.outbound_queue_bytes;
                         let mut st = self.state.borrow_mut();
                         let before = st.deliveries;

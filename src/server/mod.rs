@@ -93,6 +93,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .build()?;
     rt.block_on(async move {
         let (hub, inboxes) = Hub::new(shards);
+        hub.set_max_backlog(config.limits.max_inbox_backlog);
         let broker = crate::broker::build(&config.broker, hub.clone()).await?;
         let node = Node::new(config, broker, hub.clone())?;
         let cores = if node.config.listen.pin_shards {
@@ -160,6 +161,7 @@ async fn report_scheduled(node: Arc<Node>) {
             .scheduled_pending
             .set(node.broker.scheduled_pending() as i64);
         metrics().broker_up.set(node.broker.is_up() as i64);
+        metrics().inbox_backlog.set(node.hub.backlog() as i64);
     }
 }
 
