@@ -314,13 +314,6 @@ impl Decoder {
                 remaining: header.payload_len,
                 taken: 0,
             });
-            if header.payload_len == 0 {
-                // An empty frame completes at once (step 1 would wait for bytes).
-                let flow = continue_payload(split, &mut [], &mut pos, on_item)?;
-                if flow == Flow::Stop {
-                    return Ok(Flow::Stop);
-                }
-            }
         }
     }
 
