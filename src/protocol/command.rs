@@ -152,6 +152,42 @@ pub struct ParseError {
     pub error: ClientError,
 }
 
+/// Deepest nesting of arrays and objects a publication's `data` may have. Data is passed on
+/// unparsed (`RawValue`), so without this a client could publish a 100,000-deep value that every
+/// subscriber's JSON parser (serde_json's limit is 128) would choke on.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Whether the JSON text `json` nests arrays/objects deeper than `max` (a byte scan that skips
+/// strings; the text is already known to be valid JSON).
+pub fn nested_deeper_than(json: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in json {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parses one text frame into a command.
 pub fn parse(frame: &[u8]) -> Result<Command, ParseError> {
     let env: Envelope = serde_json::from_slice(frame).map_err(|_| ParseError {
@@ -199,6 +235,9 @@ pub fn parse(frame: &[u8]) -> Result<Command, ParseError> {
         CommandKind::Unsubscribe { channel: b.channel }
     } else if let Some(raw) = env.publish {
         let b: PublishBody = body(raw).map_err(err)?;
+        if nested_deeper_than(b.data.get().as_bytes(), MAX_DATA_DEPTH) {
+            return Err(err(ClientError::BadRequest("data nested too deeply")));
+        }
         CommandKind::Publish {
             channel: b.channel,
             data: Bytes::copy_from_slice(b.data.get().as_bytes()),
@@ -283,6 +322,26 @@ mod tests {
         assert_eq!(e.error.code(), 107);
         let e = parse(br#"[1,2]"#).unwrap_err();
         assert_eq!(e.error.code(), 107);
+    }
+
+    #[test]
+    fn deeply_nested_data_is_refused() {
+        assert!(!nested_deeper_than(br#"{"a":[1,{"b":"[[[[["}]}"#, 3));
+        assert!(nested_deeper_than(br#"[[[[1]]]]"#, 3));
+        assert!(!nested_deeper_than(br#"["\"[[[["]"#, 1));
+        let deep = format!(
+            r#"{{"id":4,"publish":{{"channel":"room:1","data":{{"x":{}1{}}}}}}}"#,
+            "[".repeat(100),
+            "]".repeat(100)
+        );
+        let e = parse(deep.as_bytes()).unwrap_err();
+        assert_eq!(e.error, ClientError::BadRequest("data nested too deeply"));
+        let ok = format!(
+            r#"{{"id":4,"publish":{{"channel":"room:1","data":{}1{}}}}}"#,
+            "[".repeat(MAX_DATA_DEPTH),
+            "]".repeat(MAX_DATA_DEPTH)
+        );
+        assert!(parse(ok.as_bytes()).is_ok());
     }
 
     #[test]

@@ -293,10 +293,12 @@ async fn run_commands(shard: &Rc<Shard>, key: usize, outcome: ReadOutcome) -> Op
 /// Sends the close frame (unless the peer vanished), lets it leave, and removes the connection
 /// from the shard.
 async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, end: Option<PeerEnd>) {
-    let (code, linger) = {
+    let max_message = shard.node.config.limits.max_message_size;
+    let (code, linger, decoder) = {
         let mut st = shard.state.borrow_mut();
         let conn = &mut st.conns[key];
-        match (end, conn.closing) {
+        let decoder = std::mem::take(&mut conn.decoder);
+        let (code, linger) = match (end, conn.closing) {
             (Some(PeerEnd::Gone), _) => (1006, false),
             (Some(PeerEnd::Closed(code)), _) => {
                 // Answer the peer's close (RFC 6455 §5.5.1); the server then closes TCP first.
@@ -320,7 +322,8 @@ async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, end: Opti
                 };
                 (code, true)
             }
-        }
+        };
+        (code, linger, decoder)
     };
     if code != 1006 {
         let sent = tokio::time::timeout(CLOSE_FLUSH_DEADLINE, async {
@@ -342,23 +345,44 @@ async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, end: Opti
             // Half-close, then wait for the peer's close frame or EOF: closing a socket with
             // unread input makes the kernel send a reset, and the peer would see 1006.
             let _ = socket2::SockRef::from(&**stream).shutdown(std::net::Shutdown::Write);
-            let _ = tokio::time::timeout(CLOSE_LINGER, drain_until_eof(stream)).await;
+            let wait = await_peer_close(stream, decoder, max_message);
+            let _ = tokio::time::timeout(CLOSE_LINGER, wait).await;
         }
     }
     crate::metrics::count_close(code);
     shard.remove_connection(key).await;
 }
 
-/// Reads and discards until the peer hangs up.
-async fn drain_until_eof(stream: &TcpStream) {
-    let mut sink = [0u8; 2048];
+/// Reads until the peer answers the server's close frame, or hangs up. Input is still decoded,
+/// only to spot the close frame (data is discarded). After a protocol error the framing of what
+/// follows can't be trusted: each later read is tried as the start of fresh frames (a client's
+/// close answer is its own write), and anything undecodable just waits for EOF.
+async fn await_peer_close(stream: &TcpStream, mut decoder: Decoder, max_message: usize) {
+    let limits = Limits {
+        role: Role::Server,
+        max_message,
+    };
+    let mut input = vec![0u8; 4096];
     loop {
         if stream.readable().await.is_err() {
             return;
         }
-        match stream.try_read(&mut sink) {
+        match stream.try_read(&mut input) {
             Ok(0) => return,
-            Ok(_) => {}
+            Ok(n) => {
+                if decoder.is_done() {
+                    decoder = Decoder::new();
+                }
+                let mut closed = false;
+                let mut frames = u32::MAX;
+                let _ = decoder.feed(&mut input[..n], &limits, &mut frames, |item| {
+                    closed = matches!(item, Item::Close(_));
+                    Flow::Continue
+                });
+                if closed {
+                    return;
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) => return,
@@ -544,4 +568,20 @@ pub fn connected_body(shard: &Shard, conn: &Connection) -> serde_json::Value {
 /// Frames a JSON payload (used for pushes built elsewhere).
 pub fn text_frame(json: &[u8]) -> Bytes {
     frame::text(json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle connection's state is this struct and nothing on the heap (the decoder holds a
+    /// null pointer between messages, the queue no allocation): keep it small — it is paid a
+    /// million times on a full fleet.
+    #[test]
+    fn connection_state_stays_small() {
+        let size = std::mem::size_of::<Connection>();
+        eprintln!("size_of::<Connection>() = {size}");
+        assert!(size <= 176, "Connection grew to {size} bytes");
+        assert_eq!(std::mem::size_of::<Decoder>(), 16);
+    }
 }
