@@ -10,7 +10,8 @@ APT_STAMP := target/.apt-deps
 export FERROCAST_BIN := $(CURDIR)/target/debug/ferrocast
 
 .PHONY: run build release test deps unit lint fmt bench loadtest soak clean config-check \
-	test-rust test-ops test-clients test-example e2e example python-test js-test fleet-bench
+	test-rust test-ops test-clients test-example e2e example python-test js-test fleet-bench \
+	conformance
 
 ## run: build a release node and start it on the embedded memory broker
 run: release
@@ -52,11 +53,16 @@ $(APT_STAMP):
 ## test: install what the tests need, then run every test
 test: deps
 	$(CARGO) build --workspace
-	$(MAKE) --no-print-directory test-rust test-ops test-clients test-example e2e
+	$(MAKE) --no-print-directory test-rust conformance test-ops test-clients test-example e2e
 
 ## test-rust: unit and integration tests (real binary, real Redis / Redis Cluster)
 test-rust:
 	$(CARGO) test --workspace
+
+## conformance: RFC 6455 Autobahn|Testsuite cases 1-10 against the echo route (tests/conformance/, docs/conformance.md)
+##   CASES="1.* 2.*" selects; CONFORMANCE_CLIENT=wstest cross-checks with the real wstest (needs Python 2.7)
+conformance:
+	bash tests/conformance/run.sh
 
 ## test-ops: OS tuning, alert rules, Prometheus + Grafana queries, nginx (real programs)
 test-ops:

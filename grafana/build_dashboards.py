@@ -124,6 +124,21 @@ UP_DOWN = [{"type": "value", "options": {"0": {"text": "DOWN", "color": "red"},
                                          "1": {"text": "UP", "color": "green"}}}]
 RED_AT_1 = [{"color": "green", "value": None}, {"color": "red", "value": 1}]
 RED_BELOW_1 = [{"color": "red", "value": None}, {"color": "green", "value": 1}]
+ORANGE_AT_1 = [{"color": "green", "value": None}, {"color": "orange", "value": 1}]
+PANICS_DESC = ("Connection handlers that panicked in the dashboard's time range "
+               "(ferrocast_connection_panics_total): each such connection was closed (counted as "
+               "disconnect 1011) and its slot freed. Any panic is a bug; alert "
+               "FerrocastConnectionPanics.")
+PROTO_DESC = ("Connections failed by the frame layer, by kind: protocol (broke RFC 6455, close "
+              "1002), utf8 (invalid UTF-8 text, 1007), too_big (a message past "
+              "limits.max_message_size, 4009; 1009 on the conformance echo route), frame_rate "
+              "(more frames per second than limits.frames_per_second, 4006).")
+BACKLOG_DESC = ("ferrocast_inbox_backlog: deliveries handed to the shards' inboxes and not yet "
+                "fanned out (one per publication and shard), sampled every second. Past "
+                "limits.max_inbox_backlog new publications are refused (API 503, client error "
+                "108) until the shards catch up.")
+HANDSHAKE_DESC = ("bad_request, timeout, throttled, auth, limit, draining, upgrade, origin "
+                  "(Origin not allowed, 403), per_ip (per-IP caps, 429); see docs/metrics.md.")
 
 
 def variables(node_multi):
@@ -166,21 +181,24 @@ def fleet():
     L.add(stat("Nodes up", "Scrape targets of job=\"ferrocast\" answering /metrics (Prometheus' `up`).",
                f'sum(up{{job="ferrocast", {N}}})', thresholds=RED_BELOW_1), 3, 4)
     L.add(stat("Sockets", "Open WebSockets across the selected nodes and shards.",
-               f"sum(ferrocast_sockets{{{NS}}})"), 4, 4)
+               f"sum(ferrocast_sockets{{{NS}}})"), 3, 4)
     L.add(gauge("Socket capacity used", "Sockets ÷ RLIMIT_NOFILE-derived capacity, whole fleet. "
                 "Alert FerrocastSocketsNearCapacity fires per node at 90%.",
                 f"sum(ferrocast_sockets{{{N}}}) / sum(ferrocast_socket_capacity{{{N}}})"), 3, 4)
     L.add(stat("Deliveries/s", "Frames queued to sockets per second, fleet total.",
-               f"sum({rate('ferrocast_deliveries_total')})", unit="ops"), 4, 4)
+               f"sum({rate('ferrocast_deliveries_total')})", unit="ops"), 3, 4)
     L.add(stat("Delivery p99", "Publish accepted → socket write, 99th percentile over the fleet.",
                quantile(0.99, "ferrocast_delivery_latency_seconds"), unit="s",
                thresholds=[{"color": "green", "value": None}, {"color": "orange", "value": 0.005},
-                           {"color": "red", "value": 0.025}]), 4, 4)
+                           {"color": "red", "value": 0.025}]), 3, 4)
     L.add(stat("Broker", "Lowest ferrocast_broker_up over the selected nodes: DOWN when any node "
                "has lost its broker.", f"min(ferrocast_broker_up{{{N}}})",
                mappings=UP_DOWN, thresholds=RED_BELOW_1), 3, 4)
     L.add(stat("Draining", "Nodes draining after SIGTERM (closing sockets with 4010).",
                f"sum(ferrocast_draining{{{N}}})", thresholds=RED_AT_1), 3, 4)
+    L.add(stat("Connection panics", PANICS_DESC + " All selected nodes.",
+               f"sum(increase(ferrocast_connection_panics_total{{{N}}}[$__range]))",
+               thresholds=ORANGE_AT_1), 3, 4)
 
     L.row("Connections")
     L.add(timeseries("Sockets per node", "ferrocast_sockets summed over the selected shards.",
@@ -195,13 +213,23 @@ def fleet():
                      [target(f"sum by (instance) ({rate('ferrocast_connects_total')})", "{{instance}}")],
                      unit="ops", links=True), 8, 8)
     L.add(timeseries("Disconnects/s by close code", "4005 slow consumer, 4010 drain, 1006 abrupt, "
-                     "1000/1001 client closes; see docs/metrics.md.",
+                     "1000 client closes, 1002/1007/4009 protocol errors, 1011 a panicked "
+                     "connection; see docs/metrics.md.",
                      [target(f"sum by (code) ({rate('ferrocast_disconnects_total')})", "{{code}}")],
                      unit="ops", stack=True), 12, 8)
-    L.add(timeseries("Handshake failures/s by reason", "bad_request, timeout, throttled, auth, limit. "
-                     "Alert FerrocastHandshakeFailureSpike.",
+    L.add(timeseries("Handshake failures/s by reason", HANDSHAKE_DESC + " Alert "
+                     "FerrocastHandshakeFailureSpike.",
                      [target(f"sum by (reason) ({rate('ferrocast_handshake_failures_total')})",
                              "{{reason}}")], unit="ops", stack=True), 12, 8)
+    L.add(timeseries("Protocol errors/s by kind", PROTO_DESC + " A rise in one kind after a "
+                     "client release points at that client; a steady trickle is scanners.",
+                     [target(f"sum by (kind) ({rate('ferrocast_protocol_errors_total')})", "{{kind}}")],
+                     unit="ops", stack=True), 12, 8)
+    L.add(timeseries("Connection panics/s per node", "Connection handlers that panicked "
+                     "(ferrocast_connection_panics_total); each one closed its connection (1011) "
+                     "and freed its slot. Any panic is a bug: alert FerrocastConnectionPanics.",
+                     [target(f"sum by (instance) ({rate('ferrocast_connection_panics_total')})",
+                             "{{instance}}")], unit="ops", links=True), 12, 8)
 
     L.row("Delivery")
     L.add(timeseries("Deliveries/s per node", "Frames queued to sockets per second.",
@@ -230,11 +258,14 @@ def fleet():
                              "{{instance}}")], unit="ops", links=True), 8, 8)
     L.add(timeseries("Outbound queue bytes per node", "Bytes queued for sockets, not yet written.",
                      [target(f"sum by (instance) (ferrocast_outbound_queue_bytes{{{NS}}})",
-                             "{{instance}}")], unit="bytes", links=True), 12, 8)
+                             "{{instance}}")], unit="bytes", links=True), 8, 8)
+    L.add(timeseries("Inbox backlog per node", BACKLOG_DESC,
+                     [target(f"max by (instance) (ferrocast_inbox_backlog{{{N}}})", "{{instance}}")],
+                     links=True), 8, 8)
     L.add(timeseries("Client errors/s by code", "Error replies to client commands (100..112, "
                      "see docs/protocol.md).",
                      [target(f"sum by (code) ({rate('ferrocast_client_errors_total')})", "{{code}}")],
-                     unit="ops", stack=True), 12, 8)
+                     unit="ops", stack=True), 8, 8)
 
     L.row("Broker and API")
     L.add(timeseries("Broker up per node", "1 = connected to its broker (memory broker: always 1).",
@@ -303,11 +334,11 @@ def node():
                f"max by (version) (ferrocast_build_info{{{N}}})", legend="{{version}}")
           | {"options": {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                          "textMode": "name", "colorMode": "none", "graphMode": "none",
-                         "justifyMode": "auto", "orientation": "auto"}}, 4, 4)
+                         "justifyMode": "auto", "orientation": "auto"}}, 3, 4)
     L.add(stat("Sockets", "Open WebSockets on the selected shards.",
-               f"sum(ferrocast_sockets{{{NS}}})"), 4, 4)
+               f"sum(ferrocast_sockets{{{NS}}})"), 3, 4)
     L.add(stat("Socket capacity", "Sockets the fd limit (RLIMIT_NOFILE) allows.",
-               f"max(ferrocast_socket_capacity{{{N}}})"), 4, 4)
+               f"max(ferrocast_socket_capacity{{{N}}})"), 3, 4)
     L.add(gauge("Capacity used", "All shards' sockets ÷ capacity. Alert at 0.9.",
                 f"sum(ferrocast_sockets{{{N}}}) / max(ferrocast_socket_capacity{{{N}}})"), 3, 4)
     L.add(stat("Broker", "ferrocast_broker_up.", f"max(ferrocast_broker_up{{{N}}})",
@@ -316,6 +347,9 @@ def node():
                f"max(ferrocast_draining{{{N}}})", thresholds=RED_AT_1), 3, 4)
     L.add(stat("Scheduled pending", "Scheduled publications waiting for their delivery time.",
                f"max(ferrocast_scheduled_pending{{{N}}})"), 3, 4)
+    L.add(stat("Connection panics", PANICS_DESC,
+               f"sum(increase(ferrocast_connection_panics_total{{{N}}}[$__range]))",
+               thresholds=ORANGE_AT_1), 3, 4)
 
     L.row("Shards")
     by_shard = [("Sockets by shard", "ferrocast_sockets", "short",
@@ -335,19 +369,28 @@ def node():
                      [target(f"sum({rate('ferrocast_connects_total')})", "connects", "A"),
                       target(f"sum by (code) ({rate('ferrocast_disconnects_total')})",
                              "disconnect {{code}}", "B")], unit="ops"), 8, 8)
-    L.add(timeseries("Handshake failures/s by reason", "bad_request, timeout, throttled, auth, limit.",
+    L.add(timeseries("Handshake failures/s by reason", HANDSHAKE_DESC,
                      [target(f"sum by (reason) ({rate('ferrocast_handshake_failures_total')})",
                              "{{reason}}")], unit="ops", stack=True), 8, 8)
     L.add(timeseries("Client commands/s by command", "connect, subscribe, publish, ... per second.",
                      [target(f"sum by (command) ({rate('ferrocast_client_commands_total')})",
                              "{{command}}")], unit="ops", stack=True), 8, 8)
+    L.add(timeseries("Protocol errors/s by kind", PROTO_DESC,
+                     [target(f"sum by (kind) ({rate('ferrocast_protocol_errors_total')})", "{{kind}}")],
+                     unit="ops", stack=True), 12, 8)
+    L.add(timeseries("Connection panics/s", "Connection handlers that panicked "
+                     "(ferrocast_connection_panics_total); each one closed its connection (1011) "
+                     "and freed its slot. Any panic is a bug: alert FerrocastConnectionPanics; the "
+                     "node's log has the panic message.",
+                     [target(f"sum({rate('ferrocast_connection_panics_total')})", "panics/s")],
+                     unit="ops"), 12, 8)
 
     L.row("Delivery")
     L.add(timeseries("Publications/s by source", "api, client, scheduled: accepted by this node; "
                      "broker: received from Redis on the channels this node serves (its own "
                      "included).",
                      [target(f"sum by (source) ({rate('ferrocast_publications_total')})", "{{source}}")],
-                     unit="ops"), 8, 8)
+                     unit="ops"), 6, 8)
     L.add(timeseries("Deliveries/s and bytes out/s", "Frames queued to sockets; bytes written.",
                      [target(f"sum({rate('ferrocast_deliveries_total')})", "deliveries/s", "A"),
                       target(f"sum({rate('ferrocast_bytes_out_total')})", "bytes/s", "B")],
@@ -355,10 +398,12 @@ def node():
           | {"fieldConfig": {"defaults": {"unit": "ops", "min": 0}, "overrides": [
               {"matcher": {"id": "byName", "options": "bytes/s"},
                "properties": [{"id": "unit", "value": "Bps"},
-                              {"id": "custom.axisPlacement", "value": "right"}]}]}}, 8, 8)
+                              {"id": "custom.axisPlacement", "value": "right"}]}]}}, 6, 8)
     L.add(timeseries("Slow-consumer closes/s", "Sockets closed with 4005 (outbound queue over limit).",
                      [target(f"sum({rate('ferrocast_slow_consumer_closes_total')})", "closes/s")],
-                     unit="ops"), 8, 8)
+                     unit="ops"), 6, 8)
+    L.add(timeseries("Inbox backlog", BACKLOG_DESC,
+                     [target(f"max(ferrocast_inbox_backlog{{{N}}})", "backlog")]), 6, 8)
     L.add(timeseries("Delivery latency quantiles", "Publish accepted → socket write.",
                      [target(quantile(0.5, "ferrocast_delivery_latency_seconds"), "p50", "A"),
                       target(quantile(0.9, "ferrocast_delivery_latency_seconds"), "p90", "B"),

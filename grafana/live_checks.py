@@ -92,8 +92,14 @@ EXPECTED = [
     ("auth timeout 4001", "ferrocast_disconnects_total", {"code": "4001"}, 1),
     ("forbidden 4003", "ferrocast_disconnects_total", {"code": "4003"}, 2),
     ("bad request 4004", "ferrocast_disconnects_total", {"code": "4004"}, 1),
-    ("too many requests 4006", "ferrocast_disconnects_total", {"code": "4006"}, 1),
     ("message too big 4009", "ferrocast_disconnects_total", {"code": "4009"}, 1),
+    ("protocol error 1002", "ferrocast_disconnects_total", {"code": "1002"}, 1),
+    ("invalid UTF-8 1007", "ferrocast_disconnects_total", {"code": "1007"}, 1),
+    ("too many requests 4006: the command flood and the frame flood", "ferrocast_disconnects_total", {"code": "4006"}, 2),
+    ("frame with a reserved opcode counted as protocol error (protocol)", "ferrocast_protocol_errors_total", {"kind": "protocol"}, 1),
+    ("invalid UTF-8 counted as protocol error (utf8)", "ferrocast_protocol_errors_total", {"kind": "utf8"}, 1),
+    ("frame over max_message_size counted as protocol error (too_big)", "ferrocast_protocol_errors_total", {"kind": "too_big"}, 1),
+    ("frame flood counted as protocol error (frame_rate)", "ferrocast_protocol_errors_total", {"kind": "frame_rate"}, 1),
     ("token expired 4011", "ferrocast_disconnects_total", {"code": "4011"}, 1),
     ("slow-consumer closes", "ferrocast_slow_consumer_closes_total", {}, 1),
     ("client error 101", "ferrocast_client_errors_total", {"code": "101"}, 1),
@@ -164,7 +170,7 @@ def doc_table(rows=None):
 
 # Labels whose every value the node exports must be named in the metric's row of docs/metrics.md
 # (as `value`): the fixed sets an SRE filters on. Codes are covered by docs/protocol.md.
-ENUM_LABELS = ("reason", "source", "command", "op", "route")
+ENUM_LABELS = ("reason", "kind", "source", "command", "op", "route")
 
 
 def undocumented_values(real, rows):

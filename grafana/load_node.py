@@ -6,8 +6,9 @@
 
 Used by grafana/test_prometheus_live.sh. The node's config must have a `room` namespace with
 `publish = true`, `presence = true` and a history, `auth.allow_anonymous = false`, and for the
-error cases `limits.max_message_size = 65536`, `limits.commands_per_second = 50`,
-`limits.outbound_queue_bytes = 65536`, `limits.handshake_timeout = "1s"`, `auth.timeout = "2s"`.
+error cases `limits.max_message_size = 32768` (less than 70000), `limits.commands_per_second = 50`,
+`limits.frames_per_second = 200`, `limits.outbound_queue_bytes = 65536`,
+`limits.handshake_timeout = "1s"`, `auth.timeout = "2s"`.
 
 Phase 1 (then READY.json is written, with one entry per check that failed):
   * --clients sockets, half authenticated by ?token=, half by the `connect` command, each on
@@ -21,7 +22,9 @@ Phase 1 (then READY.json is written, with one entry per check that failed):
     ?token= (close 4003 / 4011), bad token in `connect` (101, 4003), malformed JSON before auth
     (107, 4004) and after (107, stays open), unknown command (104), unknown namespace (102),
     another user's channel (103), client publish where the namespace forbids it (103), too many
-    commands (110, then 4006), a frame over max_message_size (4009), no auth within auth.timeout
+    commands (110, then 4006), a frame over max_message_size (4009), a text frame with invalid
+    UTF-8 (1007), a frame with a reserved opcode (1002), more frames in one second than
+    frames_per_second (4006), no auth within auth.timeout
     (4001), /api/disconnect (4000), an aborted TCP connection (1006), a client close (1000), a
     plain GET /ws (426), a handshake that never completes (handshake timeout), API with a wrong
     key (401), an unknown API route (404), a malformed API body (400), and a subscriber that
@@ -41,7 +44,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy"))
-from wsclient import WS, APIClient, Closed, HandshakeRefused, mint_token  # noqa: E402
+from wsclient import OP_PING, OP_TEXT, WS, APIClient, Closed, HandshakeRefused, mint_token  # noqa: E402
 
 ROOMS = 4
 
@@ -286,6 +289,23 @@ def main():
         except (Closed, TimeoutError):
             pass
         closes_with(ws, {4009}, "frame over max_message_size")
+
+    # the frame layer (ferrocast_protocol_errors_total by kind): invalid UTF-8 -> 1007 (utf8), a
+    # reserved opcode -> 1002 (protocol), 300 pings in one write with frames_per_second = 200 ->
+    # 4006 (frame_rate); the frame over max_message_size above was too_big
+    for user, frames, codes, what in (
+            ("utf8-user", WS.frame(OP_TEXT, b'{"ping":{}}\xff'), {1007}, "text frame with invalid UTF-8"),
+            ("proto-user", WS.frame(0x3, b""), {1002}, "frame with a reserved opcode"),
+            ("frames-user", b"".join(WS.frame(OP_PING, b"") for _ in range(300)), {4006},
+             "more frames in one second than limits.frames_per_second")):
+        ws = connect_raw(f"/ws?token={token(user)}")
+        if ws:
+            try:
+                ws.wait_for(lambda m: "connected" in m)
+                ws._send(frames)
+            except (Closed, TimeoutError):
+                pass
+            closes_with(ws, codes, what)
 
     ws = connect_raw(f"/ws?token={token('kick-user')}")
     if ws:

@@ -13,6 +13,8 @@
 #     (and not only NaN), legends name labels the results have, and every ferrocast_* metric a
 #     dashboard or alert names exists in the node's /metrics; again with one node and one shard
 #     selected; Prometheus evaluates every rule without error and none is pending or firing;
+#   * a connection handler that panics (debug builds: FERROCAST_TEST_PANIC) is closed, counted in
+#     ferrocast_connection_panics_total and as disconnect 1011, and FerrocastConnectionPanics fires;
 #   * SIGTERM drains the node: /health/ready 503 and ferrocast_draining 1 while it drains, every
 #     load socket closed with 4010, exit status 0; Prometheus saw ferrocast_draining=1 (alert
 #     FerrocastDrainStuck pending) and, once the node is gone, FerrocastNodeDown goes pending.
@@ -61,9 +63,10 @@ key = "$KEY"
 [broker]
 kind = "memory"
 [limits]
-max_message_size = 65536
+max_message_size = 32768
 outbound_queue_bytes = 65536
 commands_per_second = 50
+frames_per_second = 200
 handshake_timeout = "1s"
 [shutdown]
 drain_seconds = 3
@@ -75,7 +78,8 @@ history_size = 100
 history_ttl = "1h"
 EOF
 check "ferrocast config check" "$BIN" config check "$TMP/ferrocast.toml"
-"$BIN" serve --config "$TMP/ferrocast.toml" >"$TMP/node.log" 2>&1 & NODE_PID=$!; PIDS+=($NODE_PID)
+# FERROCAST_TEST_PANIC: debug builds panic on the message "__panic__" (the panic check below)
+FERROCAST_TEST_PANIC=1 "$BIN" serve --config "$TMP/ferrocast.toml" >"$TMP/node.log" 2>&1 & NODE_PID=$!; PIDS+=($NODE_PID)
 ADMIN="http://127.0.0.1:$ADM"
 for _ in $(seq 1 100); do curl -fs "$ADMIN/health/ready" >/dev/null && break; sleep 0.1; done
 if curl -fs "$ADMIN/health/ready" >/dev/null; then pass "node ready (public :$PUB, admin :$ADM)"
@@ -144,6 +148,34 @@ INSTANCE="127.0.0.1:$ADM"
 out="$(python3 "$HERE/check_queries.py" "$PROM" "$ADMIN/metrics" --require-data --wait 5 --var "node=$INSTANCE" --var shard=1 2>&1)"; rc=$?
 [[ $rc -eq 0 ]] && pass "check_queries with node=$INSTANCE shard=1" || fail "check_queries with node=$INSTANCE shard=1 (rc=$rc)" "$out"
 check "alert rules evaluate cleanly" "${LIVE[@]}" rules "$PROM"
+
+# --- a connection handler panics (debug builds only: the FERROCAST_TEST_PANIC hook) ---------------
+out="$(python3 - "$ROOT" "$PUB" "$SECRET" <<'EOF' 2>&1
+import os, sys
+sys.path.insert(0, os.path.join(sys.argv[1], "deploy"))
+from wsclient import WS, Closed, mint_token
+ws = WS.connect("127.0.0.1", int(sys.argv[2]), f"/ws?token={mint_token(sys.argv[3], 'panic-user')}")
+ws.wait_for(lambda m: "connected" in m)
+ws.send_text('"__panic__"')
+try:
+    while True:
+        ws.recv_frame(5)
+except Closed as e:
+    print(f"the panicking connection was closed ({e.code})")
+except TimeoutError:
+    print("the connection was not closed within 5 s")
+    sys.exit(1)
+EOF
+)"; rc=$?
+if [[ "$BIN" == */release/* ]]; then
+    pass "connection panic: skipped, $BIN is a release build (no FERROCAST_TEST_PANIC hook)"
+else
+    (( rc == 0 )) && pass "connection panic: $out" || fail "a panicking connection is closed" "$out"
+    check "alert FerrocastConnectionPanics fires (no for:, one evaluation)" "${LIVE[@]}" alert "$PROM" FerrocastConnectionPanics firing 15
+    check "ferrocast_connection_panics_total counts the panic" "${LIVE[@]}" query "$PROM" 'ferrocast_connection_panics_total{job="ferrocast"}' 1
+    check "the panic is counted as disconnect 1011" "${LIVE[@]}" query "$PROM" 'ferrocast_disconnects_total{job="ferrocast", code="1011"}' 1
+    check "the node still serves after the panic" curl -fs "$ADMIN/health/ready"
+fi
 
 # --- drain (SIGTERM) ----------------------------------------------------------------------------
 kill -TERM "$NODE_PID"

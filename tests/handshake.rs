@@ -34,7 +34,10 @@ async fn connections_per_ip_are_capped_and_slots_come_back() {
     let url = server.ws_url(Some(&token("u1", 3600, &[])));
     let a = ws_connect(&url).await;
     let mut b = ws_connect(&url).await;
-    let err = try_ws_connect_with(&url, &[], None).await.err().expect("third refused");
+    let err = try_ws_connect_with(&url, &[], None)
+        .await
+        .err()
+        .expect("third refused");
     assert!(err.contains("429"), "{err}");
     // Another source address is not affected.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -52,7 +55,10 @@ async fn connections_per_ip_are_capped_and_slots_come_back() {
     // A closed connection gives its slot back.
     a.close().await;
     assert!(
-        eventually(SHORT, || async { try_ws_connect_with(&url, &[], None).await.is_ok() }).await,
+        eventually(SHORT, || async {
+            try_ws_connect_with(&url, &[], None).await.is_ok()
+        })
+        .await,
         "slot not given back after close"
     );
     b.ok(1, json!({"ping": {}})).await;
@@ -111,6 +117,11 @@ async fn a_panic_in_one_connection_frees_its_slot_and_is_counted() {
         .await;
     // The debug-build hook panics on this exact message.
     victim.send_text("\"__panic__\"").await;
+    let (code, _) = victim.expect_close(SHORT).await;
+    assert_eq!(
+        code, 1011,
+        "a panicked connection is closed with 1011 (internal error)"
+    );
     server
         .wait_metric("ferrocast_connection_panics_total", |v| v == 1.0, SHORT)
         .await;

@@ -214,7 +214,16 @@ impl Drop for SlotGuard {
             metrics().connection_panics.inc();
             crate::metrics::count_close(1011);
             let (shard, key) = (self.shard.clone(), self.key);
-            tokio::task::spawn_local(async move { shard.remove_connection(key).await });
+            tokio::task::spawn_local(async move {
+                // Tell the client (best effort: whatever the socket takes now), then release.
+                if let Some(conn) = shard.state.borrow_mut().conns.get_mut(key) {
+                    conn.out.drop_unsent();
+                    conn.out.push(frame::close(1011, "internal error"));
+                    conn.blocked = false;
+                }
+                shard.flush(key);
+                shard.remove_connection(key).await
+            });
         }
     }
 }
