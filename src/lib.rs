@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod hub;
 pub mod metrics;

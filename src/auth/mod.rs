@@ -177,12 +177,7 @@ pub fn mint(secret: &str, claims: &Claims) -> String {
     .expect("HS256 encoding cannot fail")
 }
 
-pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
+pub use crate::clock::unix_secs as now_unix;
 
 #[cfg(test)]
 mod tests {

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use prometheus::{Histogram, IntCounter};
 
 use super::{
-    Broker, BrokerError, ChannelOptions, Control, HistoryResult, NodeInfo, PresenceEntry,
-    PublishRequest, Published,
+    Broker, BrokerError, ChannelOptions, Control, DeliverySink, HistoryResult, NodeInfo,
+    PresenceEntry, PublishRequest, Published,
 };
 use crate::metrics::metrics;
 use crate::protocol::{ChannelName, Position};
@@ -47,13 +47,13 @@ struct Op {
 pub struct Instrumented {
     inner: Arc<dyn Broker>,
     /// Publications are refused while the node's shards are too far behind.
-    hub: Arc<crate::hub::Hub>,
+    hub: Arc<dyn DeliverySink>,
     /// Label handles resolved once (a label lookup takes a lock inside prometheus).
     ops: Vec<Op>,
 }
 
 impl Instrumented {
-    pub fn wrap(inner: Arc<dyn Broker>, hub: Arc<crate::hub::Hub>) -> Arc<dyn Broker> {
+    pub fn wrap(inner: Arc<dyn Broker>, hub: Arc<dyn DeliverySink>) -> Arc<dyn Broker> {
         let m = metrics();
         let ops = OPS
             .iter()

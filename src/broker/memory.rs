@@ -19,10 +19,10 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{
-    new_epoch, Broker, BrokerError, ChannelOptions, Control, HistoryItem, HistoryResult, NodeInfo,
-    PresenceEntry, PublishRequest, Published, StreamPosition,
+    new_epoch, Broker, BrokerError, ChannelOptions, Control, DeliverySink, HistoryItem,
+    HistoryResult, NodeInfo, PresenceEntry, PublishRequest, Published, StreamPosition,
 };
-use crate::hub::Hub;
+use crate::clock::unix_micros;
 use crate::protocol::{reply, ChannelName, Position};
 
 const STRIPES: usize = 64;
@@ -66,7 +66,7 @@ struct Scheduled {
 }
 
 struct Inner {
-    hub: Arc<Hub>,
+    hub: Arc<dyn DeliverySink>,
     stripes: Vec<Mutex<Stripe>>,
     idempotency: Mutex<HashMap<String, (Published, Instant)>>,
     /// (unix ms, sequence) → publication; the sequence keeps equal times distinct and ordered.
@@ -81,7 +81,7 @@ pub struct MemoryBroker {
 
 impl MemoryBroker {
     /// Creates the broker and starts its scheduler and expiry sweeper on the current runtime.
-    pub fn start(hub: Arc<Hub>) -> Arc<dyn Broker> {
+    pub fn start(hub: Arc<dyn DeliverySink>) -> Arc<dyn Broker> {
         let inner = Arc::new(Inner {
             hub,
             stripes: (0..STRIPES)
@@ -159,13 +159,6 @@ fn scoped_key(req: &PublishRequest) -> Option<String> {
     req.idempotency_key
         .as_ref()
         .map(|k| format!("{}\n{k}", req.channel.as_str()))
-}
-
-pub fn unix_micros() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or(0)
 }
 
 fn unix_millis(t: SystemTime) -> u64 {

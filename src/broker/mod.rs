@@ -2,8 +2,9 @@
 //!
 //! One trait, several implementations (centrifuge's shape): `memory` is feature-complete and is
 //! what a single node and the test-suite run on; Redis implementations carry the same contract
-//! across a fleet. A broker hands every publication that reaches this node to the [`Hub`], which
-//! fans it out to the shards.
+//! across a fleet. A broker hands every publication that reaches this node to a [`DeliverySink`]
+//! (the hub implements it and fans publications out to the shards); the broker knows nothing else
+//! of the hub.
 
 pub mod instrumented;
 pub mod memory;
@@ -15,8 +16,21 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::hub::Hub;
 use crate::protocol::{ChannelName, ClientError, Position};
+
+/// Where a broker delivers what reaches this node: publications (in each channel's offset order)
+/// and fleet control messages. Implemented by the hub.
+pub trait DeliverySink: Send + Sync + 'static {
+    /// One publication (offset 0: a push outside the stream, e.g. join/leave) as the JSON text of
+    /// the server frame, with the time it was accepted (unix µs).
+    fn deliver(&self, channel: &ChannelName, offset: u64, payload: Bytes, published_at_us: u64);
+    /// A fleet command (disconnect a user, unsubscribe, reset a channel).
+    fn control(&self, msg: Control);
+    /// Whether the node is too far behind on fan-out to take new publications.
+    fn overloaded(&self) -> bool {
+        false
+    }
+}
 
 /// Where a channel's stream stands: the last offset and the epoch (which changes when the stream
 /// is lost, so a client's old offsets can't be mistaken for new ones).
@@ -214,7 +228,7 @@ pub trait Broker: Send + Sync + 'static {
 /// Builds the broker named in the config (on the current runtime, which must outlive it).
 pub async fn build(
     config: &crate::config::BrokerConfig,
-    hub: Arc<Hub>,
+    hub: Arc<dyn DeliverySink>,
 ) -> anyhow::Result<Arc<dyn Broker>> {
     match config.kind.as_str() {
         "memory" => Ok(instrumented::Instrumented::wrap(

@@ -43,11 +43,10 @@ use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use super::{
-    new_epoch, Broker, BrokerError, ChannelOptions, Control, HistoryItem, HistoryResult, NodeInfo,
-    PresenceEntry, PublishRequest, Published, StreamPosition,
+    new_epoch, Broker, BrokerError, ChannelOptions, Control, DeliverySink, HistoryItem,
+    HistoryResult, NodeInfo, PresenceEntry, PublishRequest, Published, StreamPosition,
 };
 use crate::config::BrokerConfig;
-use crate::hub::Hub;
 use crate::metrics::metrics;
 use crate::protocol::{reply, ChannelName, Position};
 
@@ -289,7 +288,7 @@ enum SeqEvent {
 }
 
 struct Inner {
-    hub: Arc<Hub>,
+    hub: Arc<dyn DeliverySink>,
     client: fred::clients::Client,
     sub: SubscriberClient,
     prefix: String,
@@ -324,7 +323,7 @@ fn unix_ms() -> u64 {
 }
 
 fn unix_us() -> u64 {
-    super::memory::unix_micros()
+    crate::clock::unix_micros()
 }
 
 fn unavailable(e: FredError) -> BrokerError {
@@ -405,7 +404,10 @@ fn parse_entries(v: Value) -> Vec<HistoryItem> {
 impl RedisBroker {
     /// Connects (without waiting for Redis to be up: the node starts, reports not ready, and
     /// serves as soon as Redis answers) and starts the broker's tasks on the current runtime.
-    pub async fn start(config: &BrokerConfig, hub: Arc<Hub>) -> anyhow::Result<Arc<dyn Broker>> {
+    pub async fn start(
+        config: &BrokerConfig,
+        hub: Arc<dyn DeliverySink>,
+    ) -> anyhow::Result<Arc<dyn Broker>> {
         let first = parse_url(&config.urls[0]).map_err(|e| anyhow::anyhow!("broker.urls: {e}"))?;
         let mut fred_config = first.clone();
         if config.kind == "redis-cluster" {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::broker::Control;
+use crate::broker::{Control, DeliverySink};
 use crate::protocol::ChannelName;
 
 /// One publication (or join/leave push) as it crosses from the broker to the shards.
@@ -120,5 +120,19 @@ impl Hub {
         for w in waits {
             let _ = w.await;
         }
+    }
+}
+
+impl DeliverySink for Hub {
+    fn deliver(&self, channel: &ChannelName, offset: u64, payload: Bytes, published_at_us: u64) {
+        Hub::deliver(self, channel, offset, payload, published_at_us)
+    }
+
+    fn control(&self, msg: Control) {
+        Hub::control(self, msg)
+    }
+
+    fn overloaded(&self) -> bool {
+        Hub::overloaded(self)
     }
 }

@@ -8,7 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,19 +19,13 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Delivery, ShardMsg};
 use crate::auth::Identity;
 use crate::broker::{Control, PresenceEntry};
+pub use crate::clock::uptime_secs as clock;
 use crate::metrics::{count_error, metrics};
 use crate::node::Node;
 use crate::protocol::{reply, ChannelName, CloseCode};
 use crate::ws::connection::{self, Connection, Route};
 use crate::ws::frame;
 use crate::ws::outbound::Flushed;
-
-/// Seconds since the process started: a coarse clock for timeouts (a u32 keeps `Connection`
-/// small; it lasts 136 years).
-pub fn clock() -> u32 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_secs() as u32
-}
 
 /// Publications handled per inbox wake-up before flushing: bounds latency under a flood while
 /// still letting many publications share one write per socket.
@@ -313,7 +307,7 @@ impl Shard {
             }
             self.flush_dirty();
             if !published.is_empty() {
-                let now = crate::broker::memory::unix_micros();
+                let now = crate::clock::unix_micros();
                 let h = &metrics().delivery_latency;
                 for at in published.drain(..) {
                     h.observe(now.saturating_sub(at) as f64 / 1e6);
