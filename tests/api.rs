@@ -185,6 +185,71 @@ async fn api_broadcast_reaches_many_channels() {
 }
 
 #[tokio::test]
+async fn api_broadcast_and_scheduled_publications_over_outbound_queue_bytes_are_refused() {
+    let server = Server::start(
+        "[limits]\noutbound_queue_bytes = 65536\nmax_message_size = 16384\n\
+         [api]\nmax_body_size = 1048576\n",
+    )
+    .await;
+    let too_large =
+        json!({"code": 106, "message": "publication larger than limits.outbound_queue_bytes"});
+    let mut c = server.connect("17").await;
+    c.subscribe(1, "room:big").await;
+    let big = json!({"pad": "x".repeat(100_000)});
+
+    // Broadcast: each channel's entry carries the error, the HTTP status stays 200.
+    let (status, body) = server
+        .api(
+            "broadcast",
+            json!({"channels": ["room:big", "nope:x", "chat:big"], "data": big}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let responses = body["responses"].as_array().expect("responses");
+    assert_eq!(responses[0]["error"], too_large, "{body}");
+    assert_eq!(responses[1]["error"]["code"], 102, "{body}");
+    assert_eq!(responses[2]["error"], too_large, "{body}");
+
+    // Scheduled: refused when scheduled, not when due.
+    let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(200);
+    let at = at
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let (status, body) = server
+        .api(
+            "publish",
+            json!({"channel": "room:big", "data": big, "deliver_at": at}),
+        )
+        .await;
+    assert_json_error(status, &body, 413, Some(106));
+    assert_eq!(body["error"], too_large);
+    assert_eq!(
+        server.metric_value("ferrocast_scheduled_pending").await,
+        0.0,
+        "nothing was scheduled"
+    );
+    c.assert_no_pub(Duration::from_millis(500), "nothing delivered")
+        .await;
+    assert!(
+        server
+            .metric_value("ferrocast_client_errors_total{code=\"106\"}")
+            .await
+            >= 3.0,
+        "counted as errors"
+    );
+    // The subscriber is still there.
+    let (status, body) = server
+        .api(
+            "broadcast",
+            json!({"channels": ["room:big"], "data": {"ok": 1}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (p, _) = c.recv_pub("room:big", SHORT).await;
+    assert_eq!(p["pub"]["data"], json!({"ok": 1}));
+}
+
+#[tokio::test]
 async fn api_disconnect_closes_every_connection_of_the_user() {
     let server = Server::start("").await;
     let mut phone = server.connect("42").await;

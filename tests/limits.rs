@@ -1,5 +1,5 @@
 //! Limits: slow consumers (4005), frame size (4009), subscriptions per connection (106), command
-//! rate (110), connections per node (4008).
+//! rate (110), connections per node (4008), publications larger than a client's queue (106/413).
 
 mod common;
 
@@ -11,7 +11,9 @@ use tokio::sync::{mpsc, watch};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_closed_4005_while_a_normal_subscriber_gets_everything() {
-    let server = Server::start("[limits]\noutbound_queue_bytes = 65536\n").await;
+    // max_message_size must stay below outbound_queue_bytes (config validation).
+    let server =
+        Server::start("[limits]\noutbound_queue_bytes = 65536\nmax_message_size = 16384\n").await;
     let ch = "chat:firehose";
 
     // The slow one: a tiny receive buffer, subscribes, then never reads again.
@@ -259,4 +261,124 @@ async fn connections_over_max_connections_are_closed_4008() {
     a.close().await;
     let ok = eventually(SHORT, || async { try_connect(&server, "4").await.is_ok() }).await;
     assert!(ok, "a connection is accepted again once one left");
+}
+
+/// The error a publication too large for any subscriber's queue gets (HTTP 413 from the API).
+const TOO_LARGE: &str = "publication larger than limits.outbound_queue_bytes";
+
+#[tokio::test]
+async fn api_publication_over_outbound_queue_bytes_is_413_106_and_subscribers_stay() {
+    let server = Server::start(
+        "[limits]\noutbound_queue_bytes = 65536\nmax_message_size = 16384\n\
+         [api]\nmax_body_size = 1048576\n",
+    )
+    .await;
+    let ch = "chat:big";
+    let mut sub = server.connect("17").await;
+    sub.subscribe(1, ch).await;
+
+    // 100 KB of data: its frame could never be queued on any subscriber.
+    let (status, body) = server
+        .api(
+            "publish",
+            json!({"channel": ch, "data": {"pad": "x".repeat(100_000)}}),
+        )
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert_eq!(
+        body,
+        json!({"error": {"code": 106, "message": TOO_LARGE}}),
+        "refused at publish time"
+    );
+    // Nothing was published: the stream did not move and nobody was closed.
+    sub.assert_no_pub(QUIET, "a refused publication is not delivered")
+        .await;
+    assert_eq!(
+        server
+            .metric_value("ferrocast_slow_consumer_closes_total")
+            .await,
+        0.0
+    );
+    server
+        .wait_metric(
+            "ferrocast_client_errors_total{code=\"106\"}",
+            |v| v >= 1.0,
+            SHORT,
+        )
+        .await;
+
+    // Still connected, and the next (small) publication arrives.
+    sub.ok(2, json!({"ping": {}})).await;
+    let r = server.publish(ch, json!({"small": true})).await;
+    assert_eq!(r["offset"], 1, "the refused one took no offset: {r}");
+    let (p, _) = sub.recv_pub(ch, SHORT).await;
+    assert_eq!(p["pub"]["data"], json!({"small": true}));
+
+    // Just under the limit (by the documented bound) is published and delivered.
+    let overhead = 128 + ch.len() + r#"{"pad":""}"#.len();
+    let fits = "y".repeat(65536 - overhead);
+    let (status, body) = server
+        .api("publish", json!({"channel": ch, "data": {"pad": fits}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (p, _) = sub.recv_pub(ch, SHORT).await;
+    assert_eq!(
+        p["pub"]["data"]["pad"].as_str().map(str::len),
+        Some(fits.len())
+    );
+    let (status, body) = server
+        .api(
+            "publish",
+            json!({"channel": ch, "data": {"pad": format!("{fits}y")}}),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (413, &json!(106)),
+        "{body}"
+    );
+    sub.ok(3, json!({"ping": {}})).await;
+}
+
+#[tokio::test]
+async fn client_publication_over_outbound_queue_bytes_is_106_and_subscribers_stay() {
+    // The client's frame fits max_message_size, but with the publisher's long user id as `info`
+    // the publication would not fit a subscriber's queue.
+    let server =
+        Server::start("[limits]\noutbound_queue_bytes = 65536\nmax_message_size = 65535\n").await;
+    let ch = "chat:big";
+    let user = "u".repeat(400);
+    let mut publisher = server.connect(&user).await;
+    publisher.subscribe(1, ch).await;
+    let mut other = server.connect("18").await;
+    other.subscribe(1, ch).await;
+
+    let head = json!({"id": 2, "publish": {"channel": ch, "data": ""}}).to_string();
+    let pad = "x".repeat(65_500 - head.len());
+    let reply = publisher
+        .command(2, json!({"publish": {"channel": ch, "data": pad}}))
+        .await;
+    assert_eq!(
+        reply["error"],
+        json!({"code": 106, "message": TOO_LARGE}),
+        "{reply}"
+    );
+    for c in [&mut publisher, &mut other] {
+        c.assert_no_pub(QUIET, "a refused publication is not delivered")
+            .await;
+        c.ok(3, json!({"ping": {}})).await;
+    }
+    publisher
+        .ok(4, json!({"publish": {"channel": ch, "data": {"small": 1}}}))
+        .await;
+    for c in [&mut publisher, &mut other] {
+        let (p, _) = c.recv_pub(ch, SHORT).await;
+        assert_eq!(p["pub"]["data"], json!({"small": 1}));
+    }
+    assert_eq!(
+        server
+            .metric_value("ferrocast_slow_consumer_closes_total")
+            .await,
+        0.0
+    );
 }

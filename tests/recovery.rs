@@ -1,5 +1,6 @@
 //! History and recovery: offsets and epochs, subscribe with `recover`, the `history` command and
-//! `POST /api/history`, bounded history.
+//! `POST /api/history`, bounded history, and the reply caps (`limits.max_history_reply`,
+//! `limits.max_history_reply_bytes`).
 
 mod common;
 
@@ -238,4 +239,206 @@ async fn history_errors() {
         .await;
     assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], 107);
+}
+
+/// Subscribes to `ch` to learn its epoch (offset 0), then leaves.
+async fn epoch_of(server: &Server, ch: &str) -> String {
+    let mut c = server.connect("17").await;
+    let sub = c.subscribe(1, ch).await;
+    assert_eq!(sub["offset"], 0, "{sub}");
+    let epoch = sub["epoch"].as_str().unwrap().to_string();
+    c.close().await;
+    epoch
+}
+
+#[tokio::test]
+async fn recover_beyond_max_history_reply_gets_the_newest_and_truncated() {
+    let server = Server::start("[limits]\nmax_history_reply = 5\n").await;
+    let ch = "room:far";
+    let epoch = epoch_of(&server, ch).await;
+    let published = publish_n(&server, ch, 0, 20).await;
+    assert_eq!(published.last().unwrap().0, 20);
+
+    let mut c = server.connect("17").await;
+    let result = c
+        .ok(
+            1,
+            json!({"subscribe": {"channel": ch, "recover": {"offset": 0, "epoch": epoch}}}),
+        )
+        .await;
+    assert_eq!(result["recovered"], false, "{result}");
+    assert_eq!(result["truncated"], true, "{result}");
+    assert_eq!(result["epoch"], epoch.as_str());
+    assert_eq!(result["offset"], 20);
+    assert_eq!(
+        offsets(&result["publications"]),
+        vec![16, 17, 18, 19, 20],
+        "the newest ones: {result}"
+    );
+    assert_eq!(data_ns(&result["publications"]), vec![15, 16, 17, 18, 19]);
+
+    // Live from there, nothing duplicated.
+    publish_n(&server, ch, 20, 1).await;
+    let (p, _) = c.recv_pub(ch, SHORT).await;
+    assert_eq!(p["pub"]["offset"], 21, "{p}");
+
+    // Within the cap: recovered, no truncated field.
+    let mut d = server.connect("18").await;
+    let result = d
+        .ok(
+            1,
+            json!({"subscribe": {"channel": ch, "recover": {"offset": 16, "epoch": epoch}}}),
+        )
+        .await;
+    assert_eq!(result["recovered"], true, "{result}");
+    assert!(result.get("truncated").is_none(), "{result}");
+    assert_eq!(offsets(&result["publications"]), vec![17, 18, 19, 20, 21]);
+}
+
+#[tokio::test]
+async fn recover_beyond_max_history_reply_bytes_gets_the_newest_that_fit() {
+    let server = Server::start("[limits]\nmax_history_reply_bytes = 4096\n").await;
+    let ch = "room:wide";
+    let epoch = epoch_of(&server, ch).await;
+    let pad = "p".repeat(1000);
+    for n in 0..10 {
+        server.publish(ch, json!({"n": n, "pad": pad})).await;
+    }
+    let mut c = server.connect("17").await;
+    let (reply, raw) = {
+        c.send_json(
+            json!({"id": 1, "subscribe": {"channel": ch, "recover": {"offset": 0, "epoch": epoch}}}),
+        )
+        .await;
+        c.recv_matching(SHORT, |v| v["id"] == 1).await
+    };
+    let result = &reply["result"];
+    assert_eq!(result["recovered"], false, "{result}");
+    assert_eq!(result["truncated"], true, "{result}");
+    let got = offsets(&result["publications"]);
+    assert!((1..10).contains(&got.len()), "some, not all: {got:?}");
+    assert_eq!(*got.last().unwrap(), 10, "ends with the newest");
+    assert!(got.windows(2).all(|w| w[1] == w[0] + 1), "{got:?}");
+    let list = serde_json::to_string(&result["publications"]).unwrap();
+    assert!(list.len() <= 4096, "{} bytes of publications", list.len());
+    assert!(raw.len() < 4096 + 200, "reply of {} bytes", raw.len());
+}
+
+#[tokio::test]
+async fn history_beyond_max_history_reply_pages_with_truncated() {
+    let server = Server::start("[limits]\nmax_history_reply = 5\n").await;
+    let ch = "room:pages";
+    let published = publish_n(&server, ch, 0, 20).await;
+    let epoch = published[0].1.clone();
+    let mut c = server.connect("17").await;
+
+    // `since` with a limit over the cap: the 5 oldest after it, truncated.
+    let first = c
+        .ok(
+            1,
+            json!({"history": {"channel": ch, "limit": 50, "since": {"offset": 0, "epoch": epoch}}}),
+        )
+        .await;
+    assert_eq!(
+        offsets(&first["publications"]),
+        vec![1, 2, 3, 4, 5],
+        "{first}"
+    );
+    assert_eq!(first["truncated"], true, "{first}");
+    assert_eq!(first["offset"], 20);
+
+    // Paging on with `since` = the last offset reaches everything, in order; the last page
+    // is not truncated.
+    let mut all: Vec<u64> = Vec::new();
+    let mut since = 0u64;
+    let mut pages = 0;
+    loop {
+        let page = c
+            .ok(
+                2 + pages,
+                json!({"history": {"channel": ch, "limit": 50, "since": {"offset": since, "epoch": epoch}}}),
+            )
+            .await;
+        pages += 1;
+        let got = offsets(&page["publications"]);
+        all.extend(&got);
+        if page.get("truncated").is_none() {
+            break;
+        }
+        assert_eq!(page["truncated"], true, "{page}");
+        since = *got.last().expect("a truncated page is not empty");
+        assert!(pages < 10, "paging does not end");
+    }
+    assert_eq!(all, (1..=20).collect::<Vec<u64>>());
+    assert_eq!(pages, 4, "5 + 5 + 5 + 5");
+
+    // Without `since`: the oldest of the window that fit, truncated.
+    let latest = c
+        .ok(20, json!({"history": {"channel": ch, "limit": 8}}))
+        .await;
+    assert_eq!(
+        offsets(&latest["publications"]),
+        vec![13, 14, 15, 16, 17],
+        "{latest}"
+    );
+    assert_eq!(latest["truncated"], true);
+    // Within the cap: no truncated field.
+    let three = c
+        .ok(21, json!({"history": {"channel": ch, "limit": 3}}))
+        .await;
+    assert_eq!(offsets(&three["publications"]), vec![18, 19, 20], "{three}");
+    assert!(three.get("truncated").is_none(), "{three}");
+
+    // The API applies the same caps.
+    let (status, api) = server
+        .api(
+            "history",
+            json!({"channel": ch, "limit": 50, "since": {"offset": 0, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{api}");
+    assert_eq!(offsets(&api["publications"]), vec![1, 2, 3, 4, 5], "{api}");
+    assert_eq!(api["truncated"], true, "{api}");
+    let (status, api) = server
+        .api(
+            "history",
+            json!({"channel": ch, "since": {"offset": 17, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{api}");
+    assert_eq!(offsets(&api["publications"]), vec![18, 19, 20], "{api}");
+    assert!(api.get("truncated").is_none(), "{api}");
+}
+
+#[tokio::test]
+async fn history_beyond_max_history_reply_bytes_is_truncated() {
+    let server = Server::start("[limits]\nmax_history_reply_bytes = 4096\n").await;
+    let ch = "room:heavy";
+    let pad = "p".repeat(1000);
+    for n in 0..10 {
+        server.publish(ch, json!({"n": n, "pad": pad})).await;
+    }
+    let (status, h) = server
+        .api("history", json!({"channel": ch, "limit": 100}))
+        .await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(h["truncated"], true, "{h}");
+    let got = offsets(&h["publications"]);
+    assert!((1..10).contains(&got.len()), "{got:?}");
+    assert_eq!(got[0], 1, "the oldest first");
+    let list = serde_json::to_string(&h["publications"]).unwrap();
+    assert!(list.len() <= 4096, "{} bytes of publications", list.len());
+
+    // A single publication larger than the byte cap still comes, alone (paging advances).
+    let big = server.publish(ch, json!({"pad": "q".repeat(6000)})).await;
+    let epoch = big["epoch"].as_str().unwrap();
+    let (status, h) = server
+        .api(
+            "history",
+            json!({"channel": ch, "since": {"offset": 10, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{h}");
+    assert_eq!(offsets(&h["publications"]), vec![11], "{h}");
+    assert!(h.get("truncated").is_none(), "{h}");
 }

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::broker::{BrokerError, Control, PublishRequest, Published};
-use crate::hub::client::presence_map;
+use crate::hub::client::{history_page, presence_map};
 use crate::metrics::metrics;
 use crate::node::Node;
 use crate::protocol::{reply, ChannelName, ClientError, Position};
@@ -165,6 +165,13 @@ async fn publish_one(
     idempotency_key: Option<String>,
 ) -> Result<Value, ClientError> {
     let (ch, ns) = channel(node, name)?;
+    // Scheduled ones too: refused now rather than closing every subscriber at delivery time.
+    reply::check_publication_size(
+        &ch,
+        data.get().len(),
+        0,
+        node.config.limits.outbound_queue_bytes,
+    )?;
     let req = PublishRequest {
         channel: ch,
         data: Bytes::copy_from_slice(data.get().as_bytes()),
@@ -348,17 +355,16 @@ async fn history(node: &Node, b: HistoryBody) -> ApiResult {
     if ns.history_size == 0 {
         return Err(ClientError::NotAvailable.into());
     }
-    let h = node
-        .broker
-        .history(&ch, Node::channel_options(&ns), b.since.as_ref(), b.limit)
-        .await
-        .map_err(|e| e.client_error())?;
-    let pubs = reply::publications_array(
-        h.publications
-            .iter()
-            .map(|p| (p.offset, &p.data[..], p.info.as_deref())),
-    );
-    Ok(json!({"publications": pubs, "offset": h.position.offset, "epoch": &*h.position.epoch}))
+    let page = history_page(
+        node,
+        &ch,
+        Node::channel_options(&ns),
+        b.since.as_ref(),
+        b.limit,
+    )
+    .await
+    .map_err(|e| e.client_error())?;
+    Ok(page.to_json())
 }
 
 async fn info(node: &Node) -> ApiResult {

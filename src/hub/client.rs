@@ -7,14 +7,17 @@ use std::rc::Rc;
 use bytes::Bytes;
 use serde_json::json;
 
+use super::connection::connected_body;
 use super::shard::Shard;
 use crate::auth::Identity;
-use crate::broker::{BrokerError, PublishRequest, Published};
+use crate::broker::{
+    BrokerError, ChannelOptions, HistoryItem, HistoryResult, PublishRequest, Published,
+    StreamPosition,
+};
 use crate::config::NamespaceConfig;
 use crate::metrics::{count_error, metrics};
 use crate::node::Node;
 use crate::protocol::{reply, ChannelName, ClientError, CloseCode, Command, CommandKind, Position};
-use crate::ws::connection::connected_body;
 
 type Reply = Result<(), ClientError>;
 
@@ -212,42 +215,46 @@ async fn subscribe(
         }
     }
     let options = Node::channel_options(ns);
-    let broker = &shard.node.broker;
-    let (position, recovered, publications) = match &recover {
-        Some(pos) => match broker.history(&ch, options, Some(pos), None).await {
-            Ok(h) => (h.position, true, h.publications),
-            Err(BrokerError::Unrecoverable { position }) => (position, false, Vec::new()),
-            Err(e) => {
-                let (e, emptied) = abort(e.client_error());
-                if emptied {
-                    shard.node.remove_interest(&ch).await;
-                }
-                return Err(e);
+    let read = match &recover {
+        Some(pos) => recovery(&shard.node, &ch, options, pos).await,
+        None => shard
+            .node
+            .broker
+            .history(&ch, options, None, Some(0))
+            .await
+            .map(|h| Recovery {
+                position: h.position,
+                recovered: false,
+                truncated: false,
+                publications: Vec::new(),
+            }),
+    };
+    let Recovery {
+        position,
+        recovered,
+        truncated,
+        publications,
+    } = match read {
+        Ok(r) => r,
+        Err(e) => {
+            let (e, emptied) = abort(e.client_error());
+            if emptied {
+                shard.node.remove_interest(&ch).await;
             }
-        },
-        None => match broker.history(&ch, options, None, Some(0)).await {
-            Ok(h) => (h.position, false, Vec::new()),
-            Err(e) => {
-                let (e, emptied) = abort(e.client_error());
-                if emptied {
-                    shard.node.remove_interest(&ch).await;
-                }
-                return Err(e);
-            }
-        },
+            return Err(e);
+        }
     };
     let body = if recover.is_some() {
-        let pubs = reply::publications_array(
-            publications
-                .iter()
-                .map(|p| (p.offset, &p.data[..], p.info.as_deref())),
-        );
-        json!({
+        let mut body = json!({
             "offset": position.offset,
             "epoch": &*position.epoch,
             "recovered": recovered,
-            "publications": pubs,
-        })
+            "publications": publications_json(&publications),
+        });
+        if truncated {
+            body["truncated"] = json!(true);
+        }
+        body
     } else {
         json!({"offset": position.offset, "epoch": &*position.epoch})
     };
@@ -303,6 +310,12 @@ async fn publish(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, dat
         return Err(ClientError::PermissionDenied);
     }
     let info = serde_json::to_vec(&json!({ "user": &*me.user })).expect("json");
+    reply::check_publication_size(
+        &ch,
+        data.len(),
+        info.len(),
+        shard.node.config.limits.outbound_queue_bytes,
+    )?;
     let req = PublishRequest {
         channel: ch,
         data,
@@ -399,26 +412,162 @@ async fn history(
     if ns.history_size == 0 {
         return Err(ClientError::NotAvailable);
     }
-    let h = shard
-        .node
-        .broker
-        .history(&ch, Node::channel_options(ns), since.as_ref(), limit)
-        .await
-        .map_err(|e| e.client_error())?;
-    let pubs = reply::publications_array(
-        h.publications
+    let page = history_page(
+        &shard.node,
+        &ch,
+        Node::channel_options(ns),
+        since.as_ref(),
+        limit,
+    )
+    .await
+    .map_err(|e| e.client_error())?;
+    send(shard, key, &reply::result(id, &page.to_json()));
+    Ok(())
+}
+
+/// The bytes one publication takes in a reply's `publications` list (its JSON and a comma).
+fn reply_size(p: &HistoryItem) -> usize {
+    reply::publication_body_len(p.offset, p.data.len(), p.info.as_ref().map(|i| i.len())) + 1
+}
+
+/// How many of `items` (in the order given) one reply carries: at most
+/// `limits.max_history_reply` of them, in a `publications` list of at most
+/// `limits.max_history_reply_bytes` (`[`, then each publication with its comma or `]`).
+fn fitting<'a>(node: &Node, items: impl Iterator<Item = &'a HistoryItem>) -> usize {
+    let limits = &node.config.limits;
+    reply::fitting(
+        items.map(reply_size),
+        limits.max_history_reply,
+        limits.max_history_reply_bytes.saturating_sub(1),
+    )
+}
+
+/// The raw JSON list of `publications` for a reply.
+pub fn publications_json(publications: &[HistoryItem]) -> Box<serde_json::value::RawValue> {
+    reply::publications_array(
+        publications
             .iter()
             .map(|p| (p.offset, &p.data[..], p.info.as_deref())),
-    );
-    send(
-        shard,
-        key,
-        &reply::result(
-            id,
-            &json!({"publications": pubs, "offset": h.position.offset, "epoch": &*h.position.epoch}),
-        ),
-    );
-    Ok(())
+    )
+}
+
+/// One `history` answer (client command and `POST /api/history`), capped by
+/// `limits.max_history_reply` publications and `limits.max_history_reply_bytes` bytes of
+/// publication JSON.
+pub struct HistoryPage {
+    pub result: HistoryResult,
+    /// More publications matched than the reply carries: they follow the last one, so the caller
+    /// pages on with `since` = the last offset.
+    pub truncated: bool,
+}
+
+impl HistoryPage {
+    /// `{"publications", "offset", "epoch", "truncated"?}` (`truncated` only when true).
+    pub fn to_json(&self) -> serde_json::Value {
+        let h = &self.result;
+        let mut v = json!({
+            "publications": publications_json(&h.publications),
+            "offset": h.position.offset,
+            "epoch": &*h.position.epoch,
+        });
+        if self.truncated {
+            v["truncated"] = json!(true);
+        }
+        v
+    }
+}
+
+/// Reads history for a `history` reply: what the uncapped answer would hold (see `Broker::history`
+/// for `since` and `limit`), cut to its oldest publications that fit the reply caps.
+pub async fn history_page(
+    node: &Node,
+    ch: &ChannelName,
+    options: ChannelOptions,
+    since: Option<&Position>,
+    limit: Option<usize>,
+) -> Result<HistoryPage, BrokerError> {
+    let cap = node.config.limits.max_history_reply;
+    // After `since` the broker reads forward, so one more than the cap tells whether more exist
+    // without reading them all. Without `since` the window is the most recent `limit`, and its
+    // oldest part is what fits.
+    let ask = match since {
+        Some(_) => {
+            let ask = cap.saturating_add(1);
+            Some(limit.map_or(ask, |n| n.min(ask)))
+        }
+        None => limit,
+    };
+    let mut result = node.broker.history(ch, options, since, ask).await?;
+    let n = fitting(node, result.publications.iter());
+    let truncated = n < result.publications.len();
+    result.publications.truncate(n);
+    Ok(HistoryPage { result, truncated })
+}
+
+/// What a `subscribe` with `recover` answers.
+pub struct Recovery {
+    pub position: StreamPosition,
+    /// Every publication after the client's position is in `publications`.
+    pub recovered: bool,
+    /// More publications were missed than one reply may carry (`limits.max_history_reply`,
+    /// `limits.max_history_reply_bytes`): `publications` holds the newest ones that fit, and
+    /// `recovered` is false.
+    pub truncated: bool,
+    pub publications: Vec<HistoryItem>,
+}
+
+/// Reads the publications a client missed since `since`, capped like `history_page`, but keeping
+/// the newest ones: the client continues live from there and knows it lost the older ones.
+pub async fn recovery(
+    node: &Node,
+    ch: &ChannelName,
+    options: ChannelOptions,
+    since: &Position,
+) -> Result<Recovery, BrokerError> {
+    let cap = node.config.limits.max_history_reply;
+    let (position, mut publications, mut truncated) = match node
+        .broker
+        .history(ch, options, Some(since), Some(cap.saturating_add(1)))
+        .await
+    {
+        Ok(h) if h.publications.len() <= cap => (h.position, h.publications, false),
+        Ok(_) => {
+            // Over the count cap: read the newest `cap` instead.
+            let h = node.broker.history(ch, options, None, Some(cap)).await?;
+            if *h.position.epoch != *since.epoch {
+                // The stream restarted in between: nothing of it is the client's.
+                return Ok(Recovery {
+                    position: h.position,
+                    recovered: false,
+                    truncated: false,
+                    publications: Vec::new(),
+                });
+            }
+            let mut pubs = h.publications;
+            pubs.retain(|p| p.offset > since.offset);
+            (h.position, pubs, true)
+        }
+        Err(BrokerError::Unrecoverable { position }) => {
+            return Ok(Recovery {
+                position,
+                recovered: false,
+                truncated: false,
+                publications: Vec::new(),
+            })
+        }
+        Err(e) => return Err(e),
+    };
+    let n = fitting(node, publications.iter().rev());
+    if n < publications.len() {
+        publications.drain(..publications.len() - n);
+        truncated = true;
+    }
+    Ok(Recovery {
+        position,
+        recovered: !truncated,
+        truncated,
+        publications,
+    })
 }
 
 #[cfg(test)]

@@ -41,6 +41,60 @@ pub fn publication(
     out
 }
 
+/// Bytes `publication_body` writes for one publication.
+pub fn publication_body_len(offset: u64, data_len: usize, info_len: Option<usize>) -> usize {
+    // {"offset":N,"data":D[,"info":I]}
+    10 + itoa(offset).len() + 8 + data_len + info_len.map_or(0, |i| 8 + i) + 1
+}
+
+/// Fixed bytes counted on top of channel, data and info by [`publication_frame_bound`]: the JSON
+/// around them (`{"channel":"…","pub":{"offset":…,"data":…,"info":…}}` is 68 bytes with a
+/// 20-digit offset) plus a WebSocket frame header (at most 10 bytes), rounded up to leave room.
+pub const PUBLICATION_FRAME_OVERHEAD: usize = 128;
+
+/// An upper bound of the WebSocket frame a publication becomes on a subscriber's queue:
+/// `channel + data + info + PUBLICATION_FRAME_OVERHEAD` bytes. Known before publishing (the
+/// offset is not yet assigned, so the bound allows for the longest one).
+pub fn publication_frame_bound(channel: &ChannelName, data_len: usize, info_len: usize) -> usize {
+    channel.as_str().len() + data_len + info_len + PUBLICATION_FRAME_OVERHEAD
+}
+
+/// Refuses (106, HTTP 413) a publication whose frame could exceed `outbound_queue_bytes`: it
+/// could never be queued on any subscriber, and would close every one of them with 4005.
+pub fn check_publication_size(
+    channel: &ChannelName,
+    data_len: usize,
+    info_len: usize,
+    outbound_queue_bytes: usize,
+) -> Result<(), ClientError> {
+    if publication_frame_bound(channel, data_len, info_len) > outbound_queue_bytes {
+        Err(ClientError::PublicationTooLarge)
+    } else {
+        Ok(())
+    }
+}
+
+/// How many of `sizes` (the bytes of each publication in a history or recovery reply, in the
+/// order they are taken) fit in one reply of at most `max_count` publications and `max_bytes`
+/// bytes. At least one is taken when there is any and `max_count > 0`, so that a single
+/// publication larger than `max_bytes` is still served (alone) and paging always advances.
+pub fn fitting<I: IntoIterator<Item = usize>>(
+    sizes: I,
+    max_count: usize,
+    max_bytes: usize,
+) -> usize {
+    let mut n = 0;
+    let mut bytes = 0usize;
+    for size in sizes.into_iter().take(max_count) {
+        bytes = bytes.saturating_add(size);
+        if n > 0 && bytes > max_bytes {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
 fn itoa(n: u64) -> String {
     n.to_string()
 }
@@ -139,6 +193,68 @@ mod tests {
                 .unwrap();
         assert!(v.get("id").is_none());
         assert_eq!(v["error"]["code"], 107);
+    }
+
+    #[test]
+    fn body_len_is_exact() {
+        for (offset, data, info) in [
+            (1u64, &b"1"[..], None),
+            (
+                u64::MAX,
+                &b"{\"a\":[1,2]}"[..],
+                Some(&b"{\"user\":\"17\"}"[..]),
+            ),
+        ] {
+            let mut out = Vec::new();
+            publication_body(&mut out, offset, data, info);
+            assert_eq!(
+                out.len(),
+                publication_body_len(offset, data.len(), info.map(<[u8]>::len))
+            );
+        }
+    }
+
+    #[test]
+    fn frame_bound_covers_the_real_frame() {
+        let ch = ChannelName::parse(&"c".repeat(255)).unwrap();
+        let info = br#"{"user":"someone"}"#;
+        for data_len in [0usize, 100, 125, 126, 65535, 65536, 200_000] {
+            let data = vec![b'1'; data_len.max(1)];
+            let json = publication(&ch, u64::MAX, &data, Some(info));
+            // A server frame header: 2 bytes, +2 past 125 bytes, +8 past 65535.
+            let header = match json.len() {
+                0..=125 => 2,
+                126..=65535 => 4,
+                _ => 10,
+            };
+            assert!(
+                json.len() + header <= publication_frame_bound(&ch, data.len(), info.len()),
+                "{data_len}"
+            );
+        }
+        assert!(check_publication_size(&ch, 1000, 0, 1000).is_err());
+        assert_eq!(
+            check_publication_size(&ch, 1000, 0, 1000 + 255 + PUBLICATION_FRAME_OVERHEAD),
+            Ok(())
+        );
+        let e = check_publication_size(&ch, 1000, 0, 1000).unwrap_err();
+        assert_eq!((e.code(), e.http_status()), (106, 413));
+        assert_eq!(
+            e.to_string(),
+            "publication larger than limits.outbound_queue_bytes"
+        );
+    }
+
+    #[test]
+    fn fitting_counts_and_bytes() {
+        assert_eq!(fitting([10, 10, 10], 5, 100), 3);
+        assert_eq!(fitting([10, 10, 10], 2, 100), 2);
+        assert_eq!(fitting([10, 10, 10], 5, 20), 2);
+        assert_eq!(fitting([10, 10, 10], 5, 19), 1);
+        // One oversized publication still goes alone.
+        assert_eq!(fitting([500, 10], 5, 100), 1);
+        assert_eq!(fitting([], 5, 100), 0);
+        assert_eq!(fitting([10], 0, 100), 0);
     }
 
     #[test]
