@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 
+use ferrocast::hub::connection::{Connection, Route};
 use ferrocast::hub::shard::ShardState;
 use ferrocast::hub::{Delivery, Hub, ShardMsg};
 use ferrocast::protocol::{command, reply, ChannelName};
-use ferrocast::ws::connection::{Connection, Route};
 use ferrocast::ws::frame;
 use ferrocast_codec::decoder::Limits;
 use ferrocast_codec::{Decoder, Flow, Item, Role};

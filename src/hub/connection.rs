@@ -1,5 +1,6 @@
-//! One WebSocket connection: its state (owned by its shard, plain data) and the task that reads
-//! from it.
+//! One client connection: its state (owned by its shard, plain data) and the task that reads
+//! from it. The transport underneath (codec, outbound queue, socket reads, close linger) is
+//! `ws/`; what the messages mean (commands on `/ws`, echo on the conformance route) is here.
 //!
 //! The lean read path: an idle connection owns no read buffer. When the socket is readable the
 //! task reads into the shard's scratch buffer and feeds it to the connection's streaming
@@ -16,7 +17,6 @@
 
 use std::cell::Cell;
 use std::future::poll_fn;
-use std::io;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -26,21 +26,19 @@ use ferrocast_codec::decoder::Limits;
 use ferrocast_codec::{DecodeError, Decoder, Flow, Item, Role};
 use tokio::net::TcpStream;
 
-use super::frame;
-use super::outbound::OutboundQueue;
+use super::client;
+use super::shard::{clock, Shard};
 use crate::auth::Identity;
-use crate::hub::client;
-use crate::hub::shard::{clock, Shard};
 use crate::metrics::{count_protocol_error, metrics};
 use crate::protocol::{command, reply, ClientError, CloseCode, Command};
+use crate::ws::frame;
+use crate::ws::outbound::OutboundQueue;
+use crate::ws::socket::{self, ReadStop};
 
 /// Bytes one connection may read per wake-up before yielding to others on the shard.
 const READ_BUDGET: usize = 256 * 1024;
 /// How long a closing connection may take to take its close frame.
 const CLOSE_FLUSH_DEADLINE: Duration = Duration::from_secs(2);
-/// After the server's close frame, how long the peer has to answer it (or hang up) before TCP is
-/// shut anyway.
-const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// What the messages of a connection mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -351,52 +349,11 @@ async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, end: Opti
         .await
         .unwrap_or(false);
         if sent && linger {
-            // Half-close, then wait for the peer's close frame or EOF: closing a socket with
-            // unread input makes the kernel send a reset, and the peer would see 1006.
-            let _ = socket2::SockRef::from(&**stream).shutdown(std::net::Shutdown::Write);
-            let wait = await_peer_close(stream, decoder, max_message);
-            let _ = tokio::time::timeout(CLOSE_LINGER, wait).await;
+            socket::linger_for_close(stream, decoder, max_message).await;
         }
     }
     crate::metrics::count_close(code);
     shard.remove_connection(key).await;
-}
-
-/// Reads until the peer answers the server's close frame, or hangs up. Input is still decoded,
-/// only to spot the close frame (data is discarded). After a protocol error the framing of what
-/// follows can't be trusted: each later read is tried as the start of fresh frames (a client's
-/// close answer is its own write), and anything undecodable just waits for EOF.
-async fn await_peer_close(stream: &TcpStream, mut decoder: Decoder, max_message: usize) {
-    let limits = Limits {
-        role: Role::Server,
-        max_message,
-    };
-    let mut input = vec![0u8; 4096];
-    loop {
-        if stream.readable().await.is_err() {
-            return;
-        }
-        match stream.try_read(&mut input) {
-            Ok(0) => return,
-            Ok(n) => {
-                if decoder.is_done() {
-                    decoder = Decoder::new();
-                }
-                let mut closed = false;
-                let mut frames = u32::MAX;
-                let _ = decoder.feed(&mut input[..n], &limits, &mut frames, |item| {
-                    closed = matches!(item, Item::Close(_));
-                    Flow::Continue
-                });
-                if closed {
-                    return;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
-    }
 }
 
 /// Reads everything available (up to a budget) through the shard's scratch buffer and decodes
@@ -406,46 +363,23 @@ fn read_frames(shard: &Rc<Shard>, key: usize, stream: &TcpStream) -> ReadOutcome
     let mut scratch = shard.scratch.borrow_mut();
     let mut st = shard.state.borrow_mut();
     let conn = &mut st.conns[key];
-    let mut read_total = 0;
-    loop {
-        if conn.closing.is_some() || conn.decoder.is_done() {
-            break;
-        }
-        let n = match stream.try_read(&mut scratch[..]) {
-            Ok(0) => {
-                return ReadOutcome {
-                    commands,
-                    end: Some(PeerEnd::Gone),
-                }
-            }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => {
-                return ReadOutcome {
-                    commands,
-                    end: Some(PeerEnd::Gone),
-                }
-            }
+    if conn.closing.is_some() || conn.decoder.is_done() {
+        return ReadOutcome {
+            commands,
+            end: None,
         };
-        read_total += n;
+    }
+    let mut end = None;
+    let stop = socket::read_available(stream, &mut scratch[..], READ_BUDGET, |input| {
         conn.last_seen = clock();
         conn.ping_sent = None;
-        if let Some(end) = decode(shard, conn, &mut scratch[..n], &mut commands) {
-            return ReadOutcome {
-                commands,
-                end: Some(end),
-            };
-        }
-        if read_total >= READ_BUDGET {
-            // More may be waiting; the socket stays readable, so the task comes back.
-            break;
-        }
+        end = decode(shard, conn, input, &mut commands);
+        end.is_none() && conn.closing.is_none() && !conn.decoder.is_done()
+    });
+    if stop == ReadStop::Gone && end.is_none() {
+        end = Some(PeerEnd::Gone);
     }
-    ReadOutcome {
-        commands,
-        end: None,
-    }
+    ReadOutcome { commands, end }
 }
 
 /// Feeds `input` to the connection's decoder: pings are answered, echoes queued (echo route),

@@ -6,6 +6,7 @@
 //! it out to its local subscribers — see `shard.rs`.
 
 pub mod client;
+pub mod connection;
 pub mod shard;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

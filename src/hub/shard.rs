@@ -16,6 +16,7 @@ use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use super::connection::{self, Connection, Route};
 use super::{Delivery, ShardMsg};
 use crate::auth::Identity;
 use crate::broker::{Control, PresenceEntry};
@@ -23,7 +24,6 @@ pub use crate::clock::uptime_secs as clock;
 use crate::metrics::{count_error, metrics};
 use crate::node::Node;
 use crate::protocol::{reply, ChannelName, CloseCode};
-use crate::ws::connection::{self, Connection, Route};
 use crate::ws::frame;
 use crate::ws::outbound::Flushed;
 
@@ -75,7 +75,7 @@ pub struct Shard {
     pub index: usize,
     pub node: Arc<Node>,
     pub state: RefCell<ShardState>,
-    /// The read buffer every connection of the shard shares (see ws::connection).
+    /// The read buffer every connection of the shard shares (see hub::connection and ws::socket).
     pub scratch: RefCell<Vec<u8>>,
     pub draining: Cell<bool>,
     /// Things that live exactly as long as a connection (the server's per-IP slot), by key;
@@ -284,13 +284,14 @@ impl Shard {
                     ShardMsg::Deliver(d) => {
                         self.node.hub.taken(1);
                         let limit = self.node.config.limits.outbound_queue_bytes;
-                        let mut st = self.state.borrow_mut();
-                        let before = st.deliveries;
-                        if st.fan_out(&d, limit) {
-                            published.push(d.published_at_us);
+                        {
+                            let mut st = self.state.borrow_mut();
+                            let before = st.deliveries;
+                            if st.fan_out(&d, limit) {
+                                published.push(d.published_at_us);
+                            }
+                            pushed += (st.deliveries - before) as usize;
                         }
-                        pushed += (st.deliveries - before) as usize;
-                        drop(st);
                         if pushed >= FAN_OUT_TURN {
                             // A hot channel's turn is over: send what is queued and let the
                             // shard's sockets run before the rest of the batch.

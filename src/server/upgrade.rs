@@ -18,10 +18,10 @@ use tokio::net::TcpStream;
 
 use super::per_ip::IpSlot;
 use crate::auth::{proxy, Identity};
+use crate::hub::connection::{connected_body, Route};
 use crate::hub::shard::Shard;
 use crate::metrics::metrics;
 use crate::protocol::CloseCode;
-use crate::ws::connection::{connected_body, Route};
 
 pub type Body = Full<Bytes>;
 
