@@ -99,7 +99,7 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command.unwrap_or(Cmd::Serve(ServeArgs::default())) {
         Cmd::Serve(args) => match Config::load(args.config.as_deref(), &args.overrides()) {
-            Ok(cfg) => match ferrocast::server::run(cfg) {
+            Ok(cfg) => match ferrocast::node::run(cfg) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("ferrocast: {e:#}");

@@ -236,7 +236,7 @@ impl Metrics {
         ] {
             self.client_errors.with_label_values(&[code]);
         }
-        for op in crate::broker::instrumented::OPS {
+        for op in BROKER_OPS {
             self.broker_latency.with_label_values(&[op]);
             self.broker_errors.with_label_values(&[op]);
         }
@@ -254,7 +254,7 @@ impl Metrics {
         ] {
             self.client_commands.with_label_values(&[cmd]);
         }
-        for route in crate::api::ROUTES {
+        for route in API_ROUTES {
             self.api_requests.with_label_values(&[&route[5..], "200"]);
         }
         self
@@ -283,6 +283,36 @@ pub fn count_close(code: u16) {
         .with_label_values(&[&code.to_string()])
         .inc();
 }
+
+/// The server API's routes (label `route` of `ferrocast_api_requests_total`, as `/api/<route>`).
+pub const API_ROUTES: &[&str] = &[
+    "/api/publish",
+    "/api/broadcast",
+    "/api/disconnect",
+    "/api/unsubscribe",
+    "/api/presence",
+    "/api/presence_stats",
+    "/api/history",
+    "/api/info",
+    "/api/cancel",
+];
+
+/// Every operation label, created at start so dashboards see zeros rather than no series.
+pub const BROKER_OPS: &[&str] = &[
+    "publish",
+    "schedule",
+    "cancel",
+    "publish_control",
+    "history",
+    "subscribe",
+    "unsubscribe",
+    "presence_add",
+    "presence_remove",
+    "presence",
+    "presence_stats",
+    "control",
+    "nodes",
+];
 
 /// The `kind` label values of `ferrocast_protocol_errors_total`.
 pub const PROTOCOL_ERROR_KINDS: [&str; 4] = ["protocol", "utf8", "too_big", "frame_rate"];

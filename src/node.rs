@@ -1,207 +1,125 @@
-//! `Node`: what every shard, the server API and the admin listener share — config, the token
-//! verifier, the broker, the hub, identity and counters. Immutable after start except for atomics.
+//! The wiring: a node from a config. Binds the listeners (so a taken port fails the start, not a
+//! shard thread later), builds the hub, the broker and the shared `Node` state, starts one shard
+//! thread per listener and the admin listener, and drains on SIGTERM/SIGINT.
+//!
+//! Layers, each using only those below it (docs/design.md): `protocol/` ← `ws/` ← `broker/` ←
+//! `hub/` ← `server/` + `api/` ← this file; `config`, `clock`, `metrics` and `http` serve all.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
+use tokio::net::TcpListener;
 
-use crate::auth::TokenVerifier;
-use crate::broker::{Broker, BrokerError, ChannelOptions, NodeInfo};
-use crate::config::{Config, NamespaceConfig};
-use crate::hub::Hub;
+use crate::config::Config;
+use crate::hub::{Hub, Node};
 use crate::metrics::metrics;
-use crate::protocol::ChannelName;
+use crate::server::{admin, bind_reuseport, per_ip, raise_fd_limit, run_shard};
 
-/// Local interest in one channel: how many shards have subscribers, and whether the broker
-/// subscription is in place (`None` while the first shard's subscribe is under way).
-pub struct Interest {
-    count: usize,
-    ready: Arc<tokio::sync::watch::Sender<Option<bool>>>,
-}
+/// Runs a node until SIGTERM/SIGINT has drained it.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    config.check_serving_secrets()?;
+    let capacity = raise_fd_limit();
+    metrics().socket_capacity.set(capacity as i64);
+    if config.node.target_sockets > capacity {
+        tracing::warn!(
+            capacity,
+            target = config.node.target_sockets,
+            "the file limit allows fewer sockets than node.target_sockets; see sysctl/"
+        );
+    } else {
+        tracing::info!(capacity, "socket capacity from RLIMIT_NOFILE");
+    }
 
-pub struct Node {
-    pub config: Config,
-    pub verifier: TokenVerifier,
-    pub broker: Arc<dyn Broker>,
-    pub hub: Arc<Hub>,
-    /// Random per process: client ids are `<id>-<n>`, unique across the fleet.
-    pub id: String,
-    pub name: String,
-    pub started: Instant,
-    pub draining: AtomicBool,
-    /// Open WebSocket connections on this node (all shards).
-    pub connections: AtomicUsize,
-    next_client: AtomicU64,
-    /// The `user` namespace used when the config has none.
-    default_user_ns: NamespaceConfig,
-    /// Shards with local subscribers, per channel: the broker is told to subscribe on 0→1 and
-    /// to unsubscribe on 1→0.
-    interest: Mutex<HashMap<ChannelName, Interest>>,
-}
+    let shards = config.shard_count();
+    let public: SocketAddr = config.listen.public.parse()?;
+    let admin: SocketAddr = config.listen.admin.parse()?;
+    // Bind everything up front so a taken port fails the start, not a shard thread later.
+    let first = bind_reuseport(public, config.listen.backlog)
+        .map_err(|e| anyhow::anyhow!("listen.public {public}: {e}"))?;
+    let public = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..shards {
+        listeners.push(bind_reuseport(public, config.listen.backlog)?);
+    }
+    let admin_listener = std::net::TcpListener::bind(admin)
+        .map_err(|e| anyhow::anyhow!("listen.admin {admin}: {e}"))?;
+    admin_listener.set_nonblocking(true)?;
+    let admin = admin_listener.local_addr()?;
 
-impl Node {
-    pub fn new(
-        config: Config,
-        broker: Arc<dyn Broker>,
-        hub: Arc<Hub>,
-    ) -> anyhow::Result<Arc<Node>> {
-        let verifier = TokenVerifier::new(&config.auth)?;
-        let id = {
-            use rand::Rng;
-            format!("{:08x}", rand::thread_rng().gen::<u32>())
-        };
-        let name = if config.node.name.is_empty() {
-            format!("{}-{}", hostname(), std::process::id())
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let (hub, inboxes) = Hub::new(shards);
+        hub.set_max_backlog(config.limits.max_inbox_backlog);
+        let broker = crate::broker::build(&config.broker, hub.clone()).await?;
+        let node = Node::new(config, broker, hub.clone())?;
+        let cores = if node.config.listen.pin_shards {
+            core_affinity::get_core_ids().unwrap_or_default()
         } else {
-            config.node.name.clone()
+            Vec::new()
         };
-        Ok(Arc::new(Node {
-            config,
-            verifier,
-            broker,
-            hub,
-            id,
-            name,
-            started: Instant::now(),
-            draining: AtomicBool::new(false),
-            connections: AtomicUsize::new(0),
-            next_client: AtomicU64::new(1),
-            default_user_ns: NamespaceConfig {
-                history_size: 16,
-                history_ttl: crate::config::HumanDuration(Duration::from_secs(600)),
-                ..NamespaceConfig::default()
-            },
-            interest: Mutex::new(HashMap::new()),
-        }))
-    }
-
-    pub fn next_client_id(&self) -> u64 {
-        self.next_client.fetch_add(1, Ordering::Relaxed)
-    }
-
-    pub fn client_name(&self, n: u64) -> String {
-        format!("{}-{n}", self.id)
-    }
-
-    /// The namespace a channel belongs to; `None` = unknown channel (error 102).
-    pub fn namespace(&self, channel: &ChannelName) -> Option<&NamespaceConfig> {
-        let ns = channel.namespace();
-        match self.config.namespaces.get(ns) {
-            Some(cfg) => Some(cfg),
-            None if ns == "user" => Some(&self.default_user_ns),
-            None => None,
+        let per_ip = per_ip::PerIp::new(
+            node.config.limits.max_connections_per_ip,
+            node.config.limits.handshakes_per_ip_per_second,
+        );
+        let mut threads = Vec::new();
+        for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
+            let node = node.clone();
+            let per_ip = per_ip.clone();
+            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("shard-{i}"))
+                    .spawn(move || run_shard(i, node, listener, inbox, core, per_ip))?,
+            );
         }
-    }
+        tracing::info!(%public, %admin, shards, node = %node.name, broker = %node.config.broker.kind, "listening public={public} admin={admin}");
+        let admin_task = tokio::spawn(admin::serve(TcpListener::from_std(admin_listener)?, node.clone()));
+        let scheduled = tokio::spawn(report_scheduled(node.clone()));
 
-    pub fn channel_options(ns: &NamespaceConfig) -> ChannelOptions {
-        ChannelOptions {
-            history_size: ns.history_size,
-            history_ttl: ns.history_ttl.0,
+        wait_for_signal().await;
+        tracing::info!(drain_seconds = node.config.shutdown.drain_seconds, "draining");
+        node.draining.store(true, std::sync::atomic::Ordering::Relaxed);
+        metrics().draining.set(1);
+        let budget = Duration::from_secs(node.config.shutdown.drain_seconds + 10);
+        if tokio::time::timeout(budget, hub.drain()).await.is_err() {
+            tracing::warn!("drain did not finish in time; exiting anyway");
         }
-    }
+        admin_task.abort();
+        scheduled.abort();
+        tracing::info!("drained; bye");
+        anyhow::Ok(())
+    })?;
+    // Shard threads hold no state worth waiting for once drained.
+    Ok(())
+}
 
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// A shard got its first local subscriber of `channel`. Resolves once the broker delivers
-    /// the channel to this node, also for a shard that arrives while another shard's subscribe
-    /// is still under way (so no shard reads a position before the live stream is flowing).
-    pub async fn add_interest(&self, channel: &ChannelName) -> Result<(), BrokerError> {
-        let (ready, leader) = {
-            let mut m = self.interest.lock();
-            match m.get_mut(channel) {
-                Some(i) => {
-                    i.count += 1;
-                    (i.ready.subscribe(), None)
-                }
-                None => {
-                    let (tx, rx) = tokio::sync::watch::channel(None);
-                    let tx = Arc::new(tx);
-                    m.insert(
-                        channel.clone(),
-                        Interest {
-                            count: 1,
-                            ready: tx.clone(),
-                        },
-                    );
-                    (rx, Some(tx))
-                }
-            }
-        };
-        let outcome = match leader {
-            Some(tx) => {
-                let r = self.broker.subscribe(channel).await;
-                tx.send_replace(Some(r.is_ok()));
-                r
-            }
-            None => {
-                let mut ready = ready;
-                let subscribed = matches!(
-                    ready.wait_for(|v| v.is_some()).await.map(|v| *v),
-                    Ok(Some(true))
-                );
-                if subscribed {
-                    Ok(())
-                } else {
-                    Err(BrokerError::Unavailable("broker subscribe failed".into()))
-                }
-            }
-        };
-        if outcome.is_err() {
-            self.remove_interest_count(channel);
-        }
-        outcome
-    }
-
-    /// A shard lost its last local subscriber of `channel`.
-    pub async fn remove_interest(&self, channel: &ChannelName) {
-        if self.remove_interest_count(channel) {
-            if let Err(e) = self.broker.unsubscribe(channel).await {
-                tracing::warn!(%channel, error = %e, "broker unsubscribe failed");
-            }
-        }
-    }
-
-    fn remove_interest_count(&self, channel: &ChannelName) -> bool {
-        let mut m = self.interest.lock();
-        match m.get_mut(channel) {
-            Some(i) if i.count > 1 => {
-                i.count -= 1;
-                false
-            }
-            Some(_) => {
-                m.remove(channel);
-                true
-            }
-            None => false,
-        }
-    }
-
-    pub fn info(&self) -> NodeInfo {
-        let m = metrics();
-        let sum = |g: &prometheus::IntGaugeVec| -> u64 {
-            (0..self.hub.shard_count())
-                .map(|i| g.with_label_values(&[&i.to_string()]).get().max(0) as u64)
-                .sum()
-        };
-        NodeInfo {
-            id: self.id.clone(),
-            name: self.name.clone(),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            connections: self.connections.load(Ordering::Relaxed) as u64,
-            subscriptions: sum(&m.subscriptions),
-            channels: sum(&m.channels),
-            uptime_seconds: self.started.elapsed().as_secs(),
-        }
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "ferrocast".into())
+async fn report_scheduled(node: Arc<Node>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        if n % 5 == 1 {
+            // Heartbeat: keeps this node listed in `/api/info` across the fleet.
+            let _ = node.broker.nodes(node.info()).await;
+        }
+        metrics()
+            .scheduled_pending
+            .set(node.broker.scheduled_pending() as i64);
+        metrics().broker_up.set(node.broker.is_up() as i64);
+        metrics().inbox_backlog.set(node.hub.backlog() as i64);
+    }
 }

@@ -17,22 +17,7 @@ use super::{
 use crate::metrics::metrics;
 use crate::protocol::{ChannelName, Position};
 
-/// Every operation label, created at start so dashboards see zeros rather than no series.
-pub const OPS: &[&str] = &[
-    "publish",
-    "schedule",
-    "cancel",
-    "publish_control",
-    "history",
-    "subscribe",
-    "unsubscribe",
-    "presence_add",
-    "presence_remove",
-    "presence",
-    "presence_stats",
-    "control",
-    "nodes",
-];
+pub use crate::metrics::BROKER_OPS as OPS;
 
 /// The shards' inboxes are past `limits.max_inbox_backlog`: 503 / error 108, retry later.
 fn overloaded() -> BrokerError {

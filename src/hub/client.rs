@@ -8,6 +8,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use super::connection::connected_body;
+use super::node::Node;
 use super::shard::Shard;
 use crate::auth::Identity;
 use crate::broker::{
@@ -16,7 +17,6 @@ use crate::broker::{
 };
 use crate::config::NamespaceConfig;
 use crate::metrics::{count_error, metrics};
-use crate::node::Node;
 use crate::protocol::{reply, ChannelName, ClientError, CloseCode, Command, CommandKind, Position};
 
 type Reply = Result<(), ClientError>;

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod connection;
+pub mod node;
 pub mod shard;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -14,6 +15,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
+
+pub use node::Node;
 
 use crate::broker::{Control, DeliverySink};
 use crate::protocol::ChannelName;

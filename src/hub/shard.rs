@@ -17,12 +17,12 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 use super::connection::{self, Connection, Route};
+use super::node::Node;
 use super::{Delivery, ShardMsg};
 use crate::auth::Identity;
 use crate::broker::{Control, PresenceEntry};
 pub use crate::clock::uptime_secs as clock;
 use crate::metrics::{count_error, metrics};
-use crate::node::Node;
 use crate::protocol::{reply, ChannelName, CloseCode};
 use crate::ws::frame;
 use crate::ws::outbound::Flushed;

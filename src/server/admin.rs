@@ -13,8 +13,8 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::hub::Node;
 use crate::metrics::metrics;
-use crate::node::Node;
 
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     loop {

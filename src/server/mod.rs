@@ -1,4 +1,5 @@
-//! Listeners, the accept loop and the HTTP/WebSocket upgrade path; node start-up and shutdown.
+//! Listeners: binding (SO_REUSEPORT, one per shard), the accept loop with its admission checks,
+//! the HTTP/WebSocket upgrade path, the admin listener. Started by `crate::node` (the wiring).
 
 pub mod admin;
 pub mod per_ip;
@@ -12,11 +13,9 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
 
-use crate::config::Config;
 use crate::hub::shard::Shard;
-use crate::hub::Hub;
+use crate::hub::Node;
 use crate::metrics::metrics;
-use crate::node::Node;
 
 /// One listening socket per shard on the same address (`SO_REUSEPORT`): the kernel spreads new
 /// connections over the shards with no shared accept lock.
@@ -57,115 +56,7 @@ pub fn raise_fd_limit() -> u64 {
     }
 }
 
-/// Runs a node until SIGTERM/SIGINT has drained it.
-pub fn run(config: Config) -> anyhow::Result<()> {
-    config.check_serving_secrets()?;
-    let capacity = raise_fd_limit();
-    metrics().socket_capacity.set(capacity as i64);
-    if config.node.target_sockets > capacity {
-        tracing::warn!(
-            capacity,
-            target = config.node.target_sockets,
-            "the file limit allows fewer sockets than node.target_sockets; see sysctl/"
-        );
-    } else {
-        tracing::info!(capacity, "socket capacity from RLIMIT_NOFILE");
-    }
-
-    let shards = config.shard_count();
-    let public: SocketAddr = config.listen.public.parse()?;
-    let admin: SocketAddr = config.listen.admin.parse()?;
-    // Bind everything up front so a taken port fails the start, not a shard thread later.
-    let first = bind_reuseport(public, config.listen.backlog)
-        .map_err(|e| anyhow::anyhow!("listen.public {public}: {e}"))?;
-    let public = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..shards {
-        listeners.push(bind_reuseport(public, config.listen.backlog)?);
-    }
-    let admin_listener = std::net::TcpListener::bind(admin)
-        .map_err(|e| anyhow::anyhow!("listen.admin {admin}: {e}"))?;
-    admin_listener.set_nonblocking(true)?;
-    let admin = admin_listener.local_addr()?;
-
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(async move {
-        let (hub, inboxes) = Hub::new(shards);
-        hub.set_max_backlog(config.limits.max_inbox_backlog);
-        let broker = crate::broker::build(&config.broker, hub.clone()).await?;
-        let node = Node::new(config, broker, hub.clone())?;
-        let cores = if node.config.listen.pin_shards {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
-        let per_ip = per_ip::PerIp::new(
-            node.config.limits.max_connections_per_ip,
-            node.config.limits.handshakes_per_ip_per_second,
-        );
-        let mut threads = Vec::new();
-        for (i, (listener, inbox)) in listeners.into_iter().zip(inboxes).enumerate() {
-            let node = node.clone();
-            let per_ip = per_ip.clone();
-            let core = (!cores.is_empty()).then(|| cores[i % cores.len()]);
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("shard-{i}"))
-                    .spawn(move || run_shard(i, node, listener, inbox, core, per_ip))?,
-            );
-        }
-        tracing::info!(%public, %admin, shards, node = %node.name, broker = %node.config.broker.kind, "listening public={public} admin={admin}");
-        let admin_task = tokio::spawn(admin::serve(TcpListener::from_std(admin_listener)?, node.clone()));
-        let scheduled = tokio::spawn(report_scheduled(node.clone()));
-
-        wait_for_signal().await;
-        tracing::info!(drain_seconds = node.config.shutdown.drain_seconds, "draining");
-        node.draining.store(true, std::sync::atomic::Ordering::Relaxed);
-        metrics().draining.set(1);
-        let budget = Duration::from_secs(node.config.shutdown.drain_seconds + 10);
-        if tokio::time::timeout(budget, hub.drain()).await.is_err() {
-            tracing::warn!("drain did not finish in time; exiting anyway");
-        }
-        admin_task.abort();
-        scheduled.abort();
-        tracing::info!("drained; bye");
-        anyhow::Ok(())
-    })?;
-    // Shard threads hold no state worth waiting for once drained.
-    Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-}
-
-async fn report_scheduled(node: Arc<Node>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut n: u64 = 0;
-    loop {
-        tick.tick().await;
-        n += 1;
-        if n % 5 == 1 {
-            // Heartbeat: keeps this node listed in `/api/info` across the fleet.
-            let _ = node.broker.nodes(node.info()).await;
-        }
-        metrics()
-            .scheduled_pending
-            .set(node.broker.scheduled_pending() as i64);
-        metrics().broker_up.set(node.broker.is_up() as i64);
-        metrics().inbox_backlog.set(node.hub.backlog() as i64);
-    }
-}
-
-fn run_shard(
+pub fn run_shard(
     index: usize,
     node: Arc<Node>,
     listener: std::net::TcpListener,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::hub::shard::clock;
+use crate::clock::uptime_secs as clock;
 
 #[derive(Default)]
 struct Entry {

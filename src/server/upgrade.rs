@@ -23,7 +23,7 @@ use crate::hub::shard::Shard;
 use crate::metrics::metrics;
 use crate::protocol::CloseCode;
 
-pub type Body = Full<Bytes>;
+use crate::http::{error_response, Body};
 
 /// Serves one accepted socket until it upgrades or closes. The header-read timeout is the
 /// handshake deadline: a slow or silent client can't hold a handshake slot for long.
@@ -73,23 +73,6 @@ pub async fn serve_http(
             .with_label_values(&[reason])
             .inc();
     }
-}
-
-pub fn json_response(status: u16, body: &serde_json::Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(Bytes::from(
-            serde_json::to_vec(body).expect("json"),
-        )))
-        .expect("response")
-}
-
-pub fn error_response(status: u16, code: u16, message: &str) -> Response<Body> {
-    json_response(
-        status,
-        &serde_json::json!({"error": {"code": code, "message": message}}),
-    )
 }
 
 type SlotCell = Rc<std::cell::Cell<Option<IpSlot>>>;
