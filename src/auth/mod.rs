@@ -82,13 +82,28 @@ pub struct Claims {
     pub info: Option<serde_json::Value>,
 }
 
+/// A verification key from the config that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct KeyError {
+    pub key: &'static str,
+    pub message: String,
+}
+
+fn key_error(key: &'static str) -> impl Fn(&dyn std::fmt::Display) -> KeyError {
+    move |e| KeyError {
+        key,
+        message: e.to_string(),
+    }
+}
+
 /// Verifies client tokens. Built once at start; verification is pure CPU (a few µs for HS256).
 pub struct TokenVerifier {
     keys: Vec<(Algorithm, DecodingKey)>,
 }
 
 impl TokenVerifier {
-    pub fn new(cfg: &AuthConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: &AuthConfig) -> Result<Self, KeyError> {
         let mut keys = Vec::new();
         if !cfg.token_secret.is_empty() {
             keys.push((
@@ -97,21 +112,19 @@ impl TokenVerifier {
             ));
         }
         if !cfg.rsa_public_key.is_empty() {
-            let pem = std::fs::read(&cfg.rsa_public_key)
-                .map_err(|e| anyhow::anyhow!("auth.rsa_public_key: {e}"))?;
+            let err = key_error("auth.rsa_public_key");
+            let pem = std::fs::read(&cfg.rsa_public_key).map_err(|e| err(&e))?;
             keys.push((
                 Algorithm::RS256,
-                DecodingKey::from_rsa_pem(&pem)
-                    .map_err(|e| anyhow::anyhow!("auth.rsa_public_key: {e}"))?,
+                DecodingKey::from_rsa_pem(&pem).map_err(|e| err(&e))?,
             ));
         }
         if !cfg.ecdsa_public_key.is_empty() {
-            let pem = std::fs::read(&cfg.ecdsa_public_key)
-                .map_err(|e| anyhow::anyhow!("auth.ecdsa_public_key: {e}"))?;
+            let err = key_error("auth.ecdsa_public_key");
+            let pem = std::fs::read(&cfg.ecdsa_public_key).map_err(|e| err(&e))?;
             keys.push((
                 Algorithm::ES256,
-                DecodingKey::from_ec_pem(&pem)
-                    .map_err(|e| anyhow::anyhow!("auth.ecdsa_public_key: {e}"))?,
+                DecodingKey::from_ec_pem(&pem).map_err(|e| err(&e))?,
             ));
         }
         Ok(TokenVerifier { keys })

@@ -48,7 +48,7 @@ impl Node {
         config: Config,
         broker: Arc<dyn Broker>,
         hub: Arc<Hub>,
-    ) -> anyhow::Result<Arc<Node>> {
+    ) -> Result<Arc<Node>, crate::auth::KeyError> {
         let verifier = TokenVerifier::new(&config.auth)?;
         let id = {
             use rand::Rng;
