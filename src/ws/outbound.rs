@@ -1,8 +1,10 @@
 //! `OutboundQueue`: a connection's pending output as a queue of shared `Bytes`.
 //!
 //! Publications are queued by reference (one refcount increment, no copy), and everything queued
-//! since the last flush leaves in one vectored write — uWebSockets calls this *cork*. An idle
-//! connection's queue owns no heap memory.
+//! since the last flush leaves in one vectored write — uWebSockets calls this *cork*. A queue that
+//! never held anything owns no heap memory; once used, an idle queue keeps at most a small slot
+//! array (≤ 8 slots, 128 bytes) so a connection that gets one publication at a time does not
+//! allocate per publication, and a burst's larger array is given back when the queue drains.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -12,6 +14,9 @@ use bytes::{Buf, Bytes};
 /// Slices handed to one `writev` (Linux' IOV_MAX is 1024; 64 keeps the stack array small while a
 /// single call still carries tens of kilobytes of small frames).
 const MAX_IOV: usize = 64;
+
+/// Slots a drained queue may keep (16 bytes each).
+const IDLE_SLOTS: usize = 8;
 
 #[derive(Default)]
 pub struct OutboundQueue {
@@ -118,7 +123,7 @@ impl OutboundQueue {
 
     /// An idle connection should not keep a burst's worth of queue capacity.
     fn shrink_if_idle(&mut self) {
-        if self.frames.is_empty() && self.frames.capacity() > 8 {
+        if self.frames.is_empty() && self.frames.capacity() > IDLE_SLOTS {
             self.frames = VecDeque::new();
         }
     }
@@ -183,6 +188,22 @@ mod tests {
         q2.push(Bytes::from_static(b"hello"));
         q2.drop_unsent();
         assert!(q2.is_empty());
+    }
+
+    #[test]
+    fn idle_queues_keep_at_most_a_small_slot_array() {
+        let q = OutboundQueue::default();
+        assert_eq!(q.frames.capacity(), 0, "an unused queue owns no heap memory");
+        let mut q = OutboundQueue::default();
+        for _ in 0..1000 {
+            q.push(Bytes::from_static(b"abc"));
+        }
+        q.flush_with(|s| Ok(s.iter().map(|x| x.len()).sum())).unwrap();
+        assert!(q.is_empty());
+        assert_eq!(q.frames.capacity(), 0, "a burst's capacity is given back");
+        q.push(Bytes::from_static(b"abc"));
+        q.flush_with(|s| Ok(s.iter().map(|x| x.len()).sum())).unwrap();
+        assert!(q.frames.capacity() <= IDLE_SLOTS);
     }
 
     #[test]
