@@ -60,6 +60,28 @@ fn secs(n: u64) -> HumanDuration {
     HumanDuration(Duration::from_secs(n))
 }
 
+/// The shape of a `broker.urls` entry: `redis://[user[:password]@]host[:port][/db]`. The Redis
+/// broker parses it fully at start (`broker::redis::parse_url`); config stays free of the Redis
+/// client so every layer can use it.
+fn check_redis_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("redis://")
+        .ok_or("must start with redis://")?;
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let (host, port) = match host_port.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || host_port.starts_with('[') => (h, Some(p)),
+        _ => (host_port, None),
+    };
+    if host.is_empty() {
+        return Err("no host".into());
+    }
+    if let Some(p) = port {
+        p.parse::<u16>().map_err(|_| format!("bad port {p:?}"))?;
+    }
+    Ok(())
+}
+
 /// Secrets that appear in the defaults, the sample configs and the docs.
 pub const SAMPLE_SECRETS: [&str; 5] = [
     "change-me",
@@ -399,7 +421,7 @@ impl Config {
                     return Err(invalid("broker.urls", "needs at least one redis:// URL"));
                 }
                 for url in &self.broker.urls {
-                    if let Err(e) = crate::broker::redis::parse_url(url) {
+                    if let Err(e) = check_redis_url(url) {
                         return Err(invalid("broker.urls", format!("{url:?}: {e}")));
                     }
                 }
@@ -599,6 +621,27 @@ mod tests {
     #[test]
     fn defaults_validate() {
         Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn redis_urls_are_checked() {
+        for ok in [
+            "redis://127.0.0.1:7000",
+            "redis://h",
+            "redis://u:p@h:6379/2",
+            "redis://[::1]:6379",
+        ] {
+            assert!(check_redis_url(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "http://h:1",
+            "redis://",
+            "redis://:6379",
+            "redis://h:port",
+            "redis://h:70000",
+        ] {
+            assert!(check_redis_url(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -17,7 +17,22 @@ use crate::metrics::metrics;
 use crate::server::{admin, bind_reuseport, per_ip, raise_fd_limit, run_shard};
 
 /// Runs a node until SIGTERM/SIGINT has drained it.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0} {1}: {2}")]
+    Bind(&'static str, SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Broker(#[from] crate::broker::StartError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::KeyError),
+}
+
+pub fn run(config: Config) -> Result<(), NodeError> {
     config.check_serving_secrets()?;
     let capacity = raise_fd_limit();
     metrics().socket_capacity.set(capacity as i64);
@@ -32,18 +47,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     }
 
     let shards = config.shard_count();
-    let public: SocketAddr = config.listen.public.parse()?;
-    let admin: SocketAddr = config.listen.admin.parse()?;
+    // Both parse: `Config::load` validated them.
+    let public: SocketAddr = config.listen.public.parse().expect("validated");
+    let admin: SocketAddr = config.listen.admin.parse().expect("validated");
     // Bind everything up front so a taken port fails the start, not a shard thread later.
     let first = bind_reuseport(public, config.listen.backlog)
-        .map_err(|e| anyhow::anyhow!("listen.public {public}: {e}"))?;
+        .map_err(|e| NodeError::Bind("listen.public", public, e))?;
     let public = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..shards {
         listeners.push(bind_reuseport(public, config.listen.backlog)?);
     }
     let admin_listener = std::net::TcpListener::bind(admin)
-        .map_err(|e| anyhow::anyhow!("listen.admin {admin}: {e}"))?;
+        .map_err(|e| NodeError::Bind("listen.admin", admin, e))?;
     admin_listener.set_nonblocking(true)?;
     let admin = admin_listener.local_addr()?;
 
@@ -90,7 +106,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         admin_task.abort();
         scheduled.abort();
         tracing::info!("drained; bye");
-        anyhow::Ok(())
+        Ok::<(), NodeError>(())
     })?;
     // Shard threads hold no state worth waiting for once drained.
     Ok(())

@@ -225,11 +225,20 @@ pub trait Broker: Send + Sync + 'static {
     fn is_up(&self) -> bool;
 }
 
+/// Why a broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Redis(#[from] redis::StartError),
+    #[error("broker.kind: {0:?} is not available in this build")]
+    UnknownKind(String),
+}
+
 /// Builds the broker named in the config (on the current runtime, which must outlive it).
 pub async fn build(
     config: &crate::config::BrokerConfig,
     hub: Arc<dyn DeliverySink>,
-) -> anyhow::Result<Arc<dyn Broker>> {
+) -> Result<Arc<dyn Broker>, StartError> {
     match config.kind.as_str() {
         "memory" => Ok(instrumented::Instrumented::wrap(
             memory::MemoryBroker::start(hub.clone()),
@@ -239,7 +248,7 @@ pub async fn build(
             redis::RedisBroker::start(config, hub.clone()).await?,
             hub,
         )),
-        other => anyhow::bail!("broker.kind: {other:?} is not available in this build"),
+        other => Err(StartError::UnknownKind(other.to_string())),
     }
 }
 
