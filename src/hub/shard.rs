@@ -35,8 +35,10 @@ const BATCH: usize = 256;
 const SCRATCH_BYTES: usize = 64 * 1024;
 
 /// Queue pushes the fan-out may do before it flushes and yields, so one hot channel can't keep
-/// the shard's other sockets (their reads, pings, replies) waiting for a whole batch.
-const FAN_OUT_TURN: usize = 16 * 1024;
+/// the shard's other sockets (their reads, pings, replies) waiting for a whole batch. Large
+/// enough that a flood still leaves in few writes per socket (cork): 256k pushes are a few
+/// milliseconds of queueing — 25 publications to 10k subscribers.
+const FAN_OUT_TURN: usize = 256 * 1024;
 
 /// A subscriber between "subscribe received" and "caught up with the live stream".
 ///
