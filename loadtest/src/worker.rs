@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use ferrocast_codec::frame::OP_PONG;
 use hdrhistogram::Histogram;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,7 @@ use crate::plan::{Kind, Plan};
 use crate::proto::{self, Incoming, Marker, PushKind};
 use crate::stats::{self, Live, Reasons, ShardedHist, WorkerReport};
 use crate::tracker::{Seen, SeqTracker};
-use crate::ws::{self, Conn, Message, OP_PONG};
+use crate::ws::{self, Conn, Message};
 
 /// Parent → worker.
 #[derive(Debug, Clone, Serialize, Deserialize)]

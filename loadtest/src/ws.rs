@@ -1,10 +1,13 @@
-//! A lean client side of RFC 6455: the HTTP upgrade, the frame codec and one socket's IO.
+//! A lean client side of RFC 6455: the HTTP upgrade and one socket's IO. The frame rules (header
+//! parsing, lengths, fragments, UTF-8, close payloads, client masking) are `ferrocast-codec`'s, the
+//! same code the server runs; this file only feeds it whole frames off the read buffer.
 //!
 //! Why not a WebSocket crate: the tool holds ~19k sockets in one process, so an idle socket must
 //! cost close to nothing. Here an idle connection owns no read buffer at all (one is allocated only
-//! while bytes are waiting), bytes read past the HTTP response stay in the same buffer as the first
-//! frames, and `recv` is cancel-safe so a socket task can `select!` over it and timers. The codec
-//! (`decode`, `encode_client`) is pure and tested without sockets.
+//! while bytes are waiting) and its decoder between messages owns no heap memory, bytes read past
+//! the HTTP response stay in the same buffer as the first frames, a frame is handed out as a slice
+//! of the read buffer without a copy, and `recv` is cancel-safe so a socket task can `select!` over
+//! it and timers. [`next_message`] is pure and tested without sockets.
 
 use std::fmt;
 use std::io;
@@ -13,6 +16,9 @@ use std::os::fd::AsRawFd;
 
 use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
+use ferrocast_codec::decoder::Limits;
+use ferrocast_codec::frame::{self, OP_CLOSE, OP_TEXT};
+use ferrocast_codec::{close, DecodeError, Decoder, Flow, Item, Role};
 use sha1::{Digest, Sha1};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -23,22 +29,12 @@ const READ_CHUNK: usize = 4096;
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// Largest frame (or reassembled message) accepted from the server.
 const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Server frames are unmasked; the codec fails a message of `max_message` bytes or more.
+const LIMITS: Limits = Limits {
+    role: Role::Client,
+    max_message: MAX_MESSAGE + 1,
+};
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
-
-pub const OP_CONT: u8 = 0x0;
-pub const OP_TEXT: u8 = 0x1;
-pub const OP_BINARY: u8 = 0x2;
-pub const OP_CLOSE: u8 = 0x8;
-pub const OP_PING: u8 = 0x9;
-pub const OP_PONG: u8 = 0xA;
-
-/// One frame as it came off the wire (payload already unmasked).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawFrame {
-    pub fin: bool,
-    pub opcode: u8,
-    pub payload: Bytes,
-}
 
 /// A protocol violation by the peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,96 +48,93 @@ impl fmt::Display for ProtocolError {
 
 impl std::error::Error for ProtocolError {}
 
-/// Takes one complete frame off the front of `buf`, or `None` when more bytes are needed.
-pub fn decode(buf: &mut BytesMut) -> Result<Option<RawFrame>, ProtocolError> {
-    if buf.len() < 2 {
-        return Ok(None);
+impl From<DecodeError> for ProtocolError {
+    fn from(e: DecodeError) -> Self {
+        ProtocolError(e.reason())
     }
-    let b0 = buf[0];
-    let b1 = buf[1];
-    if b0 & 0x70 != 0 {
-        return Err(ProtocolError("reserved bits set"));
-    }
-    let fin = b0 & 0x80 != 0;
-    let opcode = b0 & 0x0F;
-    let masked = b1 & 0x80 != 0;
-    let (len, mut head) = match b1 & 0x7F {
-        126 => {
-            if buf.len() < 4 {
-                return Ok(None);
-            }
-            (u16::from_be_bytes([buf[2], buf[3]]) as u64, 4)
-        }
-        127 => {
-            if buf.len() < 10 {
-                return Ok(None);
-            }
-            let mut b = [0u8; 8];
-            b.copy_from_slice(&buf[2..10]);
-            (u64::from_be_bytes(b), 10)
-        }
-        n => (n as u64, 2),
-    };
-    if len > MAX_MESSAGE as u64 {
-        return Err(ProtocolError("frame too large"));
-    }
-    if opcode >= 0x8 && (len > 125 || !fin) {
-        return Err(ProtocolError("bad control frame"));
-    }
-    let mask = if masked {
-        if buf.len() < head + 4 {
+}
+
+/// What the decoder produced from one frame (its payload, if any, is taken after `feed`).
+#[derive(Clone, Copy)]
+enum Kind {
+    Text,
+    Binary,
+    Ping,
+    Pong,
+    Close(Option<u16>),
+}
+
+/// Takes the next message off the front of `buf`, or `None` when more bytes are needed. Whole
+/// frames are cut off `buf` and fed to `decoder` one at a time, so the payload of an unfragmented
+/// frame is a slice of the read buffer; a frame still arriving has its whole length reserved at
+/// once. After the peer's close (or an error) the decoder is done and whatever follows is dropped.
+pub fn next_message(
+    buf: &mut BytesMut,
+    decoder: &mut Decoder,
+) -> Result<Option<Message>, ProtocolError> {
+    loop {
+        if decoder.is_done() {
+            buf.clear();
             return Ok(None);
         }
-        let m = [buf[head], buf[head + 1], buf[head + 2], buf[head + 3]];
-        head += 4;
-        Some(m)
-    } else {
-        None
-    };
-    let len = len as usize;
-    if buf.len() < head + len {
-        // Reserve once for the whole frame instead of growing chunk by chunk.
-        buf.reserve(head + len - buf.len());
-        return Ok(None);
+        let Some(header) = frame::parse_header(buf, false).map_err(DecodeError::from)? else {
+            return Ok(None);
+        };
+        let so_far = if header.is_control() {
+            0
+        } else {
+            decoder.buffered() as u64
+        };
+        if so_far + header.payload_len > MAX_MESSAGE as u64 {
+            // Refused before anything is reserved for it (the decoder would refuse it whole).
+            return Err(DecodeError::TooBig.into());
+        }
+        let len = header.header_len + header.payload_len as usize;
+        if buf.len() < len {
+            // Reserve once for the whole frame instead of growing chunk by chunk.
+            buf.reserve(len - buf.len());
+            return Ok(None);
+        }
+        let mut raw = buf.split_to(len);
+        let payload_at = raw[header.header_len..].as_ptr();
+        let payload_len = len - header.header_len;
+        let mut got = None;
+        // Set only when the payload is not this frame's own (the end of a fragmented message).
+        let mut copied = None;
+        let mut frames = u32::MAX;
+        decoder.feed(&mut raw, &LIMITS, &mut frames, |item| {
+            let (kind, payload) = match item {
+                Item::Text(t) => (Kind::Text, t.as_bytes()),
+                Item::Binary(b) => (Kind::Binary, b),
+                Item::Ping(p) => (Kind::Ping, p),
+                Item::Pong(_) => (Kind::Pong, &[][..]),
+                Item::Close(c) => (Kind::Close(c.map(|(code, _reason)| code)), &[][..]),
+            };
+            let own = payload.as_ptr() == payload_at && payload.len() == payload_len;
+            if !own && !payload.is_empty() {
+                copied = Some(Bytes::copy_from_slice(payload));
+            }
+            got = Some(kind);
+            Flow::Continue
+        })?;
+        let Some(kind) = got else {
+            continue; // a fragment of a message still being gathered
+        };
+        let payload = match copied {
+            Some(b) => b,
+            None => {
+                raw.advance(header.header_len);
+                raw.freeze()
+            }
+        };
+        return Ok(Some(match kind {
+            Kind::Text => Message::Text(payload),
+            Kind::Binary => Message::Binary(payload),
+            Kind::Ping => Message::Ping(payload),
+            Kind::Pong => Message::Pong,
+            Kind::Close(code) => Message::Close(code),
+        }));
     }
-    buf.advance(head);
-    let mut payload = buf.split_to(len);
-    if let Some(m) = mask {
-        apply_mask(&mut payload, m);
-    }
-    Ok(Some(RawFrame {
-        fin,
-        opcode,
-        payload: payload.freeze(),
-    }))
-}
-
-/// XORs `data` with the 4-byte mask (RFC 6455 §5.3).
-pub fn apply_mask(data: &mut [u8], mask: [u8; 4]) {
-    for (i, b) in data.iter_mut().enumerate() {
-        *b ^= mask[i & 3];
-    }
-}
-
-/// Encodes a single final client frame; client frames are always masked.
-pub fn encode_client(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 14);
-    out.push(0x80 | opcode);
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= u16::MAX as usize {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    apply_mask(&mut out[start..], mask);
-    out
 }
 
 /// `Sec-WebSocket-Accept` for a given key.
@@ -218,8 +211,8 @@ pub enum Message {
 pub struct Conn {
     stream: TcpStream,
     rbuf: BytesMut,
-    /// A fragmented message being reassembled: (opcode, bytes so far).
-    partial: Option<(u8, BytesMut)>,
+    /// The codec's state: a fragmented message being gathered, or the peer's close seen.
+    decoder: Decoder,
 }
 
 /// Opens TCP (bound to `src` when given) and performs the upgrade for `host` + `path`.
@@ -294,7 +287,7 @@ async fn upgrade(mut stream: TcpStream, host: &str, path: &str) -> Result<Conn, 
     Ok(Conn {
         stream,
         rbuf,
-        partial: None,
+        decoder: Decoder::new(),
     })
 }
 
@@ -352,48 +345,8 @@ impl Conn {
     }
 
     fn take_message(&mut self) -> io::Result<Option<Message>> {
-        loop {
-            let frame = match decode(&mut self.rbuf) {
-                Ok(Some(f)) => f,
-                Ok(None) => return Ok(None),
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-            };
-            match frame.opcode {
-                OP_TEXT | OP_BINARY if frame.fin => {
-                    if self.partial.is_some() {
-                        return Err(bad("data frame inside a fragmented message"));
-                    }
-                    return Ok(Some(data_message(frame.opcode, frame.payload)));
-                }
-                OP_TEXT | OP_BINARY => {
-                    if self.partial.is_some() {
-                        return Err(bad("data frame inside a fragmented message"));
-                    }
-                    self.partial = Some((frame.opcode, BytesMut::from(&frame.payload[..])));
-                }
-                OP_CONT => {
-                    let Some((op, mut acc)) = self.partial.take() else {
-                        return Err(bad("continuation without a start"));
-                    };
-                    if acc.len() + frame.payload.len() > MAX_MESSAGE {
-                        return Err(bad("message too large"));
-                    }
-                    acc.extend_from_slice(&frame.payload);
-                    if frame.fin {
-                        return Ok(Some(data_message(op, acc.freeze())));
-                    }
-                    self.partial = Some((op, acc));
-                }
-                OP_PING => return Ok(Some(Message::Ping(frame.payload))),
-                OP_PONG => return Ok(Some(Message::Pong)),
-                OP_CLOSE => {
-                    let code = (frame.payload.len() >= 2)
-                        .then(|| u16::from_be_bytes([frame.payload[0], frame.payload[1]]));
-                    return Ok(Some(Message::Close(code)));
-                }
-                _ => return Err(bad("unknown opcode")),
-            }
-        }
+        next_message(&mut self.rbuf, &mut self.decoder)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
     }
 
     /// Sends one text frame. Not cancel-safe: call it from a `select!` branch body, not a guard.
@@ -402,88 +355,200 @@ impl Conn {
     }
 
     pub async fn send(&mut self, opcode: u8, payload: &[u8]) -> io::Result<()> {
-        let frame = encode_client(opcode, payload, rand::random());
+        let frame = frame::encode_masked(true, opcode, payload, rand::random());
         self.stream.write_all(&frame).await
     }
 
     /// Starts a clean close (sends a close frame with `code`) and shuts the write side.
     pub async fn close(&mut self, code: u16) {
-        let _ = self.send(OP_CLOSE, &code.to_be_bytes()).await;
+        let _ = self.send(OP_CLOSE, &close::payload(code, "")).await;
         let _ = self.stream.shutdown().await;
     }
-}
-
-fn data_message(op: u8, payload: Bytes) -> Message {
-    if op == OP_TEXT {
-        Message::Text(payload)
-    } else {
-        Message::Binary(payload)
-    }
-}
-
-fn bad(msg: &'static str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, ProtocolError(msg))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferrocast_codec::frame::{OP_BINARY, OP_CONT, OP_PING, OP_PONG};
 
+    /// An unmasked (server) frame, fragments included.
     fn server_frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-        let mut v = vec![(if fin { 0x80 } else { 0 }) | op];
-        if payload.len() < 126 {
-            v.push(payload.len() as u8);
-        } else if payload.len() <= 65535 {
-            v.push(126);
-            v.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        } else {
-            v.push(127);
-            v.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-        }
-        v.extend_from_slice(payload);
-        v
+        let mut out = BytesMut::new();
+        frame::put_header(&mut out, fin, op, payload.len());
+        out.extend_from_slice(payload);
+        out.to_vec()
+    }
+
+    fn next(buf: &mut BytesMut, d: &mut Decoder) -> Result<Option<Message>, ProtocolError> {
+        next_message(buf, d)
     }
 
     #[test]
-    fn decodes_lengths_7_16_64() {
+    fn lengths_7_16_64_come_out_as_slices_of_the_read_buffer() {
         for n in [0usize, 5, 125, 126, 65535, 65536, 100_000] {
             let data = vec![b'x'; n];
             let mut buf = BytesMut::from(&server_frame(true, OP_TEXT, &data)[..]);
-            let f = decode(&mut buf).unwrap().unwrap();
-            assert_eq!(f.payload.len(), n);
-            assert!(f.fin);
-            assert_eq!(f.opcode, OP_TEXT);
+            let (start, end) = (buf.as_ptr() as usize, buf.as_ptr() as usize + buf.len());
+            let mut d = Decoder::new();
+            let Some(Message::Text(t)) = next(&mut buf, &mut d).unwrap() else {
+                panic!("len {n}: not a text message");
+            };
+            assert_eq!(t.len(), n);
+            if n > 0 {
+                // No copy: the payload lies in the buffer the frame was read into.
+                let at = t.as_ptr() as usize;
+                assert!(at > start && at + n == end, "len {n}: copied");
+            }
             assert!(buf.is_empty());
+            assert!(!d.is_mid_message());
         }
     }
 
     #[test]
-    fn partial_input_waits() {
-        let full = server_frame(true, OP_TEXT, &[b'a'; 300]);
+    fn partial_input_waits_and_reserves_the_whole_frame() {
+        let full = server_frame(true, OP_BINARY, &[b'a'; 3000]);
         for cut in 0..full.len() {
             let mut buf = BytesMut::from(&full[..cut]);
-            assert_eq!(decode(&mut buf).unwrap(), None, "cut at {cut}");
+            let mut d = Decoder::new();
+            assert_eq!(next(&mut buf, &mut d).unwrap(), None, "cut at {cut}");
+            assert_eq!(buf.len(), cut, "nothing consumed at cut {cut}");
+            if cut >= 4 {
+                assert!(
+                    buf.capacity() >= full.len(),
+                    "cut {cut}: frame not reserved"
+                );
+            }
+            buf.extend_from_slice(&full[cut..]);
+            assert_eq!(
+                next(&mut buf, &mut d).unwrap(),
+                Some(Message::Binary(Bytes::from(vec![b'a'; 3000])))
+            );
         }
     }
 
     #[test]
-    fn client_frames_are_masked_and_roundtrip() {
-        for n in [0usize, 1, 125, 126, 70_000] {
-            let data: Vec<u8> = (0..n).map(|i| i as u8).collect();
-            let enc = encode_client(OP_TEXT, &data, [1, 2, 3, 4]);
-            assert_eq!(enc[1] & 0x80, 0x80);
-            let mut buf = BytesMut::from(&enc[..]);
-            let f = decode(&mut buf).unwrap().unwrap();
-            assert_eq!(&f.payload[..], &data[..]);
+    fn several_messages_in_one_read_come_out_in_order() {
+        let mut wire = server_frame(true, OP_TEXT, b"one");
+        wire.extend(server_frame(true, OP_PING, b"p"));
+        wire.extend(server_frame(true, OP_PONG, b"q"));
+        wire.extend(server_frame(true, OP_BINARY, b"two"));
+        wire.extend(server_frame(true, OP_TEXT, b"thr")); // cut short below
+        wire.truncate(wire.len() - 1);
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut d = Decoder::new();
+        let mut got = Vec::new();
+        while let Some(m) = next(&mut buf, &mut d).unwrap() {
+            got.push(m);
+        }
+        assert_eq!(
+            got,
+            [
+                Message::Text(Bytes::from_static(b"one")),
+                Message::Ping(Bytes::from_static(b"p")),
+                Message::Pong,
+                Message::Binary(Bytes::from_static(b"two")),
+            ]
+        );
+        assert_eq!(&buf[..], &server_frame(true, OP_TEXT, b"thr")[..4]);
+    }
+
+    #[test]
+    fn fragments_are_reassembled_around_control_frames() {
+        let mut wire = server_frame(false, OP_TEXT, "hé".as_bytes());
+        wire.extend(server_frame(true, OP_PING, b""));
+        wire.extend(server_frame(false, OP_CONT, b"ll"));
+        wire.extend(server_frame(true, OP_CONT, b"o"));
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut d = Decoder::new();
+        assert_eq!(
+            next(&mut buf, &mut d).unwrap(),
+            Some(Message::Ping(Bytes::new()))
+        );
+        assert!(d.is_mid_message());
+        assert_eq!(
+            next(&mut buf, &mut d).unwrap(),
+            Some(Message::Text(Bytes::from("héllo")))
+        );
+        assert!(!d.is_mid_message());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn close_carries_its_code_and_ends_decoding() {
+        let mut wire = server_frame(true, OP_CLOSE, &close::payload(4010, "shutdown"));
+        wire.extend(server_frame(true, OP_TEXT, b"after"));
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut d = Decoder::new();
+        assert_eq!(
+            next(&mut buf, &mut d).unwrap(),
+            Some(Message::Close(Some(4010)))
+        );
+        assert_eq!(next(&mut buf, &mut d).unwrap(), None);
+        assert!(buf.is_empty());
+
+        let mut buf = BytesMut::from(&server_frame(true, OP_CLOSE, b"")[..]);
+        let mut d = Decoder::new();
+        assert_eq!(next(&mut buf, &mut d).unwrap(), Some(Message::Close(None)));
+    }
+
+    #[test]
+    fn protocol_violations_are_errors() {
+        let cases: [(&str, Vec<u8>); 8] = [
+            ("fragmented ping", server_frame(false, OP_PING, b"x")),
+            ("reserved bits", vec![0xC1, 0x00]),
+            ("reserved opcode", vec![0x83, 0x00]),
+            (
+                "masked server frame",
+                frame::encode_masked(true, OP_TEXT, b"x", [1; 4]),
+            ),
+            ("continuation first", server_frame(true, OP_CONT, b"x")),
+            (
+                "bad close code",
+                server_frame(true, OP_CLOSE, &1005u16.to_be_bytes()),
+            ),
+            ("invalid UTF-8 text", server_frame(true, OP_TEXT, &[0xFF])),
+            (
+                "new message inside a fragmented one",
+                [
+                    server_frame(false, OP_TEXT, b"a"),
+                    server_frame(true, OP_TEXT, b"b"),
+                ]
+                .concat(),
+            ),
+        ];
+        for (what, wire) in cases {
+            let mut buf = BytesMut::from(&wire[..]);
+            let mut d = Decoder::new();
+            assert!(next(&mut buf, &mut d).is_err(), "{what}");
         }
     }
 
     #[test]
-    fn rejects_bad_control_frames() {
-        let mut buf = BytesMut::from(&server_frame(false, OP_PING, b"x")[..]);
-        assert!(decode(&mut buf).is_err());
-        let mut buf = BytesMut::from(&[0xC1u8, 0x00][..]);
-        assert!(decode(&mut buf).is_err());
+    fn oversized_frames_are_refused_before_reserving() {
+        // A 2^40-byte frame header: refused at once, nothing reserved for it.
+        let mut wire = vec![0x82, 127];
+        wire.extend_from_slice(&(1u64 << 40).to_be_bytes());
+        let mut buf = BytesMut::from(&wire[..]);
+        let mut d = Decoder::new();
+        assert_eq!(
+            next(&mut buf, &mut d).unwrap_err(),
+            ProtocolError("message too big")
+        );
+        assert!(buf.capacity() < 1024);
+        // Exactly the limit passes the header check (and waits for its payload).
+        let mut buf = BytesMut::new();
+        frame::put_header(&mut buf, true, OP_BINARY, MAX_MESSAGE);
+        assert_eq!(next(&mut buf, &mut Decoder::new()).unwrap(), None);
+        // Fragments adding up to more than the limit fail.
+        let mut buf = BytesMut::new();
+        frame::put_header(&mut buf, false, OP_BINARY, 1);
+        buf.extend_from_slice(b"x");
+        frame::put_header(&mut buf, true, OP_CONT, MAX_MESSAGE);
+        assert_eq!(
+            next(&mut buf, &mut Decoder::new()).unwrap_err(),
+            ProtocolError("message too big")
+        );
+        assert!(buf.capacity() < 1024);
     }
 
     #[test]
