@@ -20,6 +20,20 @@ fn masked(payload: &[u8]) -> Vec<u8> {
     ferrocast_codec::frame::encode_masked(true, frame::OP_TEXT, payload, [0x12, 0x34, 0x56, 0x78])
 }
 
+/// Feeds `input` to the decoder; the bytes of the text messages it completed.
+fn decode_text(d: &mut Decoder, input: &mut [u8], limits: &Limits) -> usize {
+    let mut frames = u32::MAX;
+    let mut n = 0;
+    d.feed(input, limits, &mut frames, |item| {
+        if let Item::Text(t) = item {
+            n += t.len();
+        }
+        Flow::Continue
+    })
+    .unwrap();
+    n
+}
+
 /// Frame codec: encoding a 64-byte publication frame, decoding + unmasking client frames.
 fn codec(c: &mut Criterion) {
     let mut g = c.benchmark_group("frame");
@@ -40,19 +54,7 @@ fn codec(c: &mut Criterion) {
             };
             b.iter_batched_ref(
                 || f.clone(),
-                |buf| {
-                    let mut d = Decoder::new();
-                    let mut frames = u32::MAX;
-                    let mut n = 0;
-                    d.feed(buf, &limits, &mut frames, |item| {
-                        if let Item::Text(t) = item {
-                            n += t.len();
-                        }
-                        Flow::Continue
-                    })
-                    .unwrap();
-                    black_box(n)
-                },
+                |buf| black_box(decode_text(&mut Decoder::new(), buf, &limits)),
                 BatchSize::SmallInput,
             )
         });
@@ -69,17 +71,10 @@ fn codec(c: &mut Criterion) {
             || f.clone(),
             |buf| {
                 let mut d = Decoder::new();
-                let mut frames = u32::MAX;
-                let mut n = 0;
-                for chunk in buf.chunks_mut(64) {
-                    d.feed(chunk, &limits, &mut frames, |item| {
-                        if let Item::Text(t) = item {
-                            n += t.len();
-                        }
-                        Flow::Continue
-                    })
-                    .unwrap();
-                }
+                let n: usize = buf
+                    .chunks_mut(64)
+                    .map(|chunk| decode_text(&mut d, chunk, &limits))
+                    .sum();
                 black_box(n)
             },
             BatchSize::SmallInput,

@@ -981,24 +981,7 @@ async fn ten_thousand_tiny_frames_per_second_close_4006() {
     }
 
     // 10,000 frames per second: 100 every 10 ms.
-    let chunk: Vec<u8> = (0..100).flat_map(|_| text(r#"{"ping":{}}"#)).collect();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flood = spawn_pacer(
-        raw.take_writer(),
-        chunk,
-        Duration::from_millis(10),
-        Duration::from_secs(4),
-        stop.clone(),
-    );
-    let (code, reason) = raw.expect_close(Duration::from_secs(6)).await;
-    stop.store(true, Ordering::Relaxed);
-    let chunks = flood.await.unwrap();
-    eprintln!(
-        "tiny frames: close {code} {reason:?} after about {} frames",
-        chunks * 100
-    );
-    assert_eq!(code, 4006, "close reason {reason:?}");
-    raw.expect_eof(SHORT).await;
+    flood_until_4006(raw, "tiny frames", text(r#"{"ping":{}}"#)).await;
     server
         .wait_metric(
             "ferrocast_disconnects_total{code=\"4006\"}",
