@@ -226,7 +226,17 @@ pub struct BrokerConfig {
     /// How often the node compares each subscribed channel's stream top with the last offset it
     /// delivered, to repair gaps (lost pub/sub messages, failover) from history.
     pub position_check_interval: HumanDuration,
+    /// Redis brokers: a publication is acknowledged only once this many replicas of the
+    /// channel's master have it (`WAIT replicas_ack <command_timeout / 2>` after the publish
+    /// script); fewer in time → the publish fails (error 108 / HTTP 503), though it may still
+    /// be delivered. 0 (the default): acknowledged once the master has it; a failover can then
+    /// lose it, and the stream's epoch changes (protocol §11.4).
+    pub replicas_ack: u32,
 }
+
+/// Most replicas `broker.replicas_ack` may ask for (Redis Cluster replicas per master in
+/// practice are 1–2).
+pub const MAX_REPLICAS_ACK: u32 = 16;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -236,6 +246,7 @@ impl Default for BrokerConfig {
             prefix: "ferrocast".into(),
             command_timeout: secs(2),
             position_check_interval: secs(5),
+            replicas_ack: 0,
         }
     }
 }
@@ -442,6 +453,18 @@ impl Config {
                 }
                 if self.broker.command_timeout.0.is_zero() {
                     return Err(invalid("broker.command_timeout", "must be positive"));
+                }
+                if self.broker.replicas_ack > MAX_REPLICAS_ACK {
+                    return Err(invalid(
+                        "broker.replicas_ack",
+                        format!("at most {MAX_REPLICAS_ACK}"),
+                    ));
+                }
+                if self.broker.replicas_ack > 0 && self.broker.command_timeout.0.as_millis() < 2 {
+                    return Err(invalid(
+                        "broker.command_timeout",
+                        "at least 2ms with broker.replicas_ack (WAIT gets half of it)",
+                    ));
                 }
                 if self.broker.position_check_interval.0.is_zero() {
                     return Err(invalid(

@@ -343,6 +343,9 @@ struct Follower {
     last: u64,
     seen: Vec<u64>,
     id: u64,
+    epoch_changes: u32,
+    /// The offset of the last subscribe reply, until a live publication after it arrived.
+    fresh: Option<u64>,
 }
 
 impl Follower {
@@ -356,31 +359,48 @@ impl Follower {
             last: r["offset"].as_u64().unwrap(),
             seen: Vec::new(),
             id: 10,
+            epoch_changes: 0,
+            fresh: r["offset"].as_u64(),
         }
     }
 
+    /// Unsubscribes and subscribes again with recovery. A failover changes the stream's epoch
+    /// (protocol §11.4): recovery from the old epoch fails, and the follower goes on from the
+    /// start of the new one (where every publication after the failover is).
     async fn resubscribe(&mut self) {
-        self.id += 2;
-        let _ = self
-            .c
-            .command(self.id, json!({"unsubscribe": {"channel": self.channel}}))
-            .await;
         let r = loop {
-            self.id += 1;
-            let r = self
+            self.id += 2;
+            let _ = self
                 .c
-                .command(
-                    self.id,
-                    json!({"subscribe": {"channel": self.channel,
-                        "recover": {"offset": self.last, "epoch": self.epoch}}}),
-                )
+                .command(self.id, json!({"unsubscribe": {"channel": self.channel}}))
                 .await;
-            if r.get("result").is_some() {
-                break r["result"].clone();
+            let r = loop {
+                self.id += 1;
+                let r = self
+                    .c
+                    .command(
+                        self.id,
+                        json!({"subscribe": {"channel": self.channel,
+                            "recover": {"offset": self.last, "epoch": self.epoch}}}),
+                    )
+                    .await;
+                if r.get("result").is_some() {
+                    break r["result"].clone();
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            if r["recovered"] == true {
+                break r;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            let epoch = r["epoch"].as_str().unwrap().to_string();
+            assert_ne!(
+                epoch, self.epoch,
+                "recovery fails only across an epoch change: {r}"
+            );
+            self.epoch = epoch;
+            self.last = 0;
+            self.epoch_changes += 1;
         };
-        assert_eq!(r["recovered"], true, "recovery must succeed: {r}");
         for p in r["publications"].as_array().unwrap() {
             self.take(
                 p["offset"].as_u64().unwrap(),
@@ -388,6 +408,7 @@ impl Follower {
             );
         }
         self.last = self.last.max(r["offset"].as_u64().unwrap());
+        self.fresh = Some(self.last);
     }
 
     fn take(&mut self, offset: u64, n: u64) {
@@ -407,7 +428,12 @@ impl Follower {
             };
             if v.get("pub").is_some() {
                 let off = v["pub"]["offset"].as_u64().unwrap();
-                if off > self.last + 1 {
+                if self.fresh.is_some_and(|r| off <= r) {
+                    continue; // on its way while the subscribe was handled (§11.3)
+                }
+                self.fresh = None;
+                // A gap, or a lower offset: the stream restarted under a new epoch (§11.3, §11.4).
+                if off > self.last + 1 || off < self.last {
                     self.resubscribe().await;
                     continue;
                 }
@@ -526,6 +552,10 @@ async fn failover_loses_nothing_and_nodes_resubscribe() {
         assert_eq!(
             f.seen, want,
             "every publication exactly once, in order ({refused} publishes refused during failover)"
+        );
+        assert!(
+            f.epoch_changes >= 1,
+            "the failover changed the stream's epoch (protocol §11.4)"
         );
     }
     assert!(

@@ -8,10 +8,11 @@
 //! | key | what |
 //! | --- | --- |
 //! | `P:{C}` | the shard channel publications of `C` travel on |
-//! | `P:{C}:m` | hash: `e` epoch, `o` last offset (expires `meta_ttl` after the last publish) |
+//! | `P:{C}:m` | hash: `e` epoch, `o` last offset, `r` replication id of the master that wrote it (a different master → new epoch); expires `meta_ttl` after the last publish |
 //! | `P:{C}:s` | stream: history, entry id `<offset>-0`, `MAXLEN ~ history_size`, expires `history_ttl` |
 //! | `P:{C}:p` / `P:{C}:z` | presence: hash client → entry, sorted set client → expiry (ms) |
 //! | `P:{C}:i:<key>` | idempotency key → `"<offset> <epoch>"`, 5 minutes |
+//! | `P:{C}:r:<id>` | a publish request's own id (no idempotency key given) → same, `3 × command_timeout + 5 s` (≥ 10 s): a retried attempt isn't published twice |
 //! | `P:{!sched:N}:z/h/i:<key>` | scheduled publications, 16 buckets spread over slots |
 //! | `P:{!nodes}` / `P:{!nodes}:z` | node infos for `/api/info`, with expiry |
 //! | `P:{!ctl}` | shard channel of fleet-wide commands (disconnect, unsubscribe) |
@@ -22,6 +23,8 @@
 //! publication goes out; when history can't fill it, local subscribers get an `unsubscribe` push
 //! with `resubscribe: true` and recover by themselves. A periodic position check catches gaps no
 //! later publication would reveal, and re-subscribes channels whose live stream went quiet.
+//! A repair's history read runs in its own task; only that channel's publications wait for it.
+//! With `broker.replicas_ack = N`, a publish is acknowledged after `WAIT N` succeeds.
 //!
 //! The parts:
 //!
@@ -31,7 +34,7 @@
 //! | `connection` | the clients, one server or a cluster, health, reconnect/topology events |
 //! | `scripts` | the Lua scripts (`scripts/*.lua`) and their handles |
 //! | `subscriptions` | the ordered, batching subscription task; the task feeding the sequencer; position checks |
-//! | `sequencer` | the per-channel sequencer, a pure state machine |
+//! | `sequencer` | the per-channel sequencer, a pure state machine (holds a channel's publications until its baseline, or while it is repaired) |
 //! | `scheduling` | scheduled publications: buckets, claims with a lease, cancel |
 //! | `presence` | presence entries with expiry |
 
@@ -94,6 +97,13 @@ struct Inner {
     generation: AtomicU64,
     /// `ferrocast_publications_total{source="broker"}`, resolved once (a label lookup locks).
     broker_publications: prometheus::IntCounter,
+    /// `broker.replicas_ack`: replicas that must have a publication before it is acknowledged.
+    replicas_ack: u32,
+    /// The `WAIT` timeout (half of `broker.command_timeout`, so WAIT answers before fred gives
+    /// up on it).
+    wait_timeout: Duration,
+    /// How long a publish request's own id is remembered (covers the client library's retries).
+    request_id_ttl_secs: u64,
 }
 
 pub struct RedisBroker {
@@ -125,6 +135,9 @@ impl RedisBroker {
             generation: AtomicU64::new(1),
             broker_publications: metrics().publications.with_label_values(&["broker"]),
             check_interval: config.position_check_interval.0,
+            replicas_ack: config.replicas_ack,
+            wait_timeout: (config.command_timeout.0 / 2).max(Duration::from_millis(1)),
+            request_id_ttl_secs: request_id_ttl(config.command_timeout.0),
         });
         let messages = inner.conn.sub.message_rx();
         tokio::spawn(subscriptions::run_sequencer(
@@ -181,12 +194,21 @@ impl Inner {
         published_at_us: u64,
     ) -> Result<StreamPosition, BrokerError> {
         let ch = req.channel.as_str();
-        let idem = req.idempotency_key.as_deref();
+        // Without the caller's idempotency key the request gets an id of its own: fred may send
+        // the script again after a connection drop (`max_command_attempts`) when the first
+        // attempt did run, and the id makes that second run answer the first one's outcome.
+        let idem_key = match req.idempotency_key.as_deref() {
+            Some(k) => (self.key(ch, &format!("i:{k}")), IDEMPOTENCY_TTL_SECS),
+            None => (
+                self.key(ch, &format!("r:{}", new_epoch())),
+                self.request_id_ttl_secs,
+            ),
+        };
         let keys = vec![
             self.key(ch, "s"),
             self.key(ch, "m"),
             self.shard_channel(ch),
-            self.key(ch, &format!("i:{}", idem.unwrap_or(""))),
+            idem_key.0,
         ];
         let meta_ttl = req.options.meta_ttl().as_millis().max(1) as i64;
         let history_ttl = if req.options.history_ttl.is_zero() {
@@ -202,14 +224,46 @@ impl Inner {
             Value::Integer(meta_ttl),
             Value::from(&*new_epoch()),
             Value::Integer(published_at_us as i64),
-            Value::from(if idem.is_some() { "1" } else { "0" }),
-            Value::Integer(IDEMPOTENCY_TTL_SECS as i64),
+            Value::from("1"),
+            Value::Integer(idem_key.1 as i64),
         ];
         let v = value_array(self.eval(&self.scripts.publish, keys, args).await?);
-        match (v.get(1).and_then(value_u64), v.get(2).and_then(value_str)) {
-            (Some(offset), Some(epoch)) => Ok(StreamPosition { offset, epoch }),
-            _ => Err(bad_reply("publish")),
+        let position = match (v.get(1).and_then(value_u64), v.get(2).and_then(value_str)) {
+            (Some(offset), Some(epoch)) => StreamPosition { offset, epoch },
+            _ => return Err(bad_reply("publish")),
+        };
+        if self.replicas_ack > 0 {
+            self.wait_replicas(ch).await?;
         }
+        Ok(position)
+    }
+
+    /// `WAIT replicas_ack <timeout>` on the connection to the channel's master (the one that ran
+    /// the publish script): Err when fewer replicas acknowledged in time.
+    async fn wait_replicas(&self, channel: &str) -> Result<(), BrokerError> {
+        use fred::prelude::ClientLike;
+        use fred::types::{ClusterHash, CustomCommand};
+        let slot = fred::util::redis_keyslot(self.key(channel, "m").as_bytes());
+        let cmd = CustomCommand::new_static("WAIT", ClusterHash::Custom(slot), false);
+        let r: Result<Value, _> = self
+            .conn
+            .client
+            .custom(
+                cmd,
+                vec![
+                    Value::Integer(self.replicas_ack as i64),
+                    Value::Integer(self.wait_timeout.as_millis().max(1) as i64),
+                ],
+            )
+            .await;
+        let acked = value_u64(&self.conn.ok(r)?).ok_or_else(|| bad_reply("WAIT"))?;
+        if acked < u64::from(self.replicas_ack) {
+            return Err(BrokerError::Unavailable(format!(
+                "{acked} of {} replicas acknowledged the publication in time",
+                self.replicas_ack
+            )));
+        }
+        Ok(())
     }
 
     /// History read used by both the API and gap repair.
@@ -251,6 +305,12 @@ impl Inner {
             position,
         })
     }
+}
+
+/// How long a publish request's own id is kept: past every retry fred may make of it (each
+/// attempt times out after `command_timeout`; reconnect backoff is at most 2 s).
+fn request_id_ttl(command_timeout: Duration) -> u64 {
+    (command_timeout.as_secs() * 3 + 5).max(10)
 }
 
 fn unix_ms() -> u64 {

@@ -175,7 +175,6 @@ pub(super) async fn run_scheduler(inner: Arc<Inner>) {
     loop {
         tokio::time::sleep(SCHEDULE_POLL).await;
         ticks += 1;
-        let now = unix_ms();
         let claims = futures_util::future::join_all((0..SCHEDULE_BUCKETS).map(|b| {
             let inner = &inner;
             async move {
@@ -185,7 +184,8 @@ pub(super) async fn run_scheduler(inner: Arc<Inner>) {
                         &inner.scripts.schedule_claim,
                         vec![z, h],
                         vec![
-                            Value::Integer(now as i64),
+                            // Unused: "now" is Redis' `TIME`, not this node's clock.
+                            Value::Integer(0),
                             Value::Integer(SCHEDULE_LEASE_MS as i64),
                             Value::Integer(CLAIM_MAX),
                         ],

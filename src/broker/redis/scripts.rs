@@ -14,6 +14,7 @@ const SCHEDULE_CLAIM: &str = include_str!("scripts/schedule_claim.lua");
 const SCHEDULE_DONE: &str = include_str!("scripts/schedule_done.lua");
 const SCHEDULE_CANCEL: &str = include_str!("scripts/schedule_cancel.lua");
 const NODES: &str = include_str!("scripts/nodes.lua");
+const POSITION: &str = include_str!("scripts/position.lua");
 
 /// Script handles (SHA-1 computed once; `EVALSHA`, loading the script on `NOSCRIPT`).
 pub(super) struct Scripts {
@@ -27,6 +28,7 @@ pub(super) struct Scripts {
     pub(super) schedule_done: Script,
     pub(super) schedule_cancel: Script,
     pub(super) nodes: Script,
+    pub(super) position: Script,
 }
 
 impl Scripts {
@@ -42,6 +44,7 @@ impl Scripts {
             schedule_done: Script::from_lua(SCHEDULE_DONE),
             schedule_cancel: Script::from_lua(SCHEDULE_CANCEL),
             nodes: Script::from_lua(NODES),
+            position: Script::from_lua(POSITION),
         }
     }
 }
@@ -64,6 +67,7 @@ mod tests {
             (&s.schedule_done, "HDEL"),
             (&s.schedule_cancel, "return 0"),
             (&s.nodes, "HVALS"),
+            (&s.position, "HMGET"),
         ];
         let mut shas: Vec<&str> = all.iter().map(|(s, _)| &**s.sha1()).collect();
         shas.sort_unstable();

@@ -14,11 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fred::prelude::{PubsubInterface, Value};
+use fred::prelude::PubsubInterface;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use super::connection::{value_bytes, value_str, value_u64};
-use super::sequencer::{Checked, Received, Repair, RepairStep, Sequencer};
+use super::connection::{value_array, value_bytes, value_str, value_u64};
+use super::sequencer::{Checked, Repair, Sequencer, Start, Step};
 use super::{decode_control, unix_us, Inner};
 use crate::broker::{BrokerError, ChannelOptions, Control, HistoryItem};
 use crate::metrics::metrics;
@@ -40,11 +40,12 @@ pub(super) enum SubReq {
 /// Events for the sequencer task (which owns every channel's delivery state); channels are
 /// shard channels.
 pub(super) enum SeqEvent {
-    /// The node just subscribed; publications up to `top` are of no interest to anyone here.
+    /// The node is about to `SSUBSCRIBE`: hold the channel's publications until its baseline.
+    Subscribing(String),
+    /// The subscription is in effect and the stream was read after that.
     Baseline {
         channel: String,
-        epoch: Arc<str>,
-        top: u64,
+        start: Start,
     },
     Forget(String),
     /// The position check read the channel's stream top.
@@ -54,6 +55,11 @@ pub(super) enum SeqEvent {
         top: u64,
         /// `Inner::generation` before the read was issued.
         read_at: u64,
+    },
+    /// A repair's history read is done (None: history can't fill the gap).
+    Repaired {
+        repair: Repair,
+        items: Option<Vec<HistoryItem>>,
     },
 }
 
@@ -132,6 +138,11 @@ pub(super) async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::Unbounded
 
         let mut failed: HashSet<String> = HashSet::new();
         if !subs.is_empty() {
+            // Sent before the SSUBSCRIBE goes out, so the sequencer holds the channel's first
+            // publications until its baseline (read once the subscription is in effect) is in.
+            for c in &subs {
+                let _ = inner.seq_tx.send(SeqEvent::Subscribing(c.clone()));
+            }
             let groups = by_slot(inner.conn.cluster, subs.clone());
             let results = futures_util::future::join_all(
                 groups
@@ -145,22 +156,56 @@ pub(super) async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::Unbounded
                     failed.extend(group.iter().cloned());
                 }
             }
+            for c in &failed {
+                let _ = inner.seq_tx.send(SeqEvent::Forget(c.clone()));
+            }
             let ok: Vec<&String> = subs.iter().filter(|c| !failed.contains(*c)).collect();
             inner
                 .subscribed
                 .lock()
                 .extend(ok.iter().map(|c| (*c).clone()));
-            // Where each stream stands now, so the sequencer can tell a gap from a start.
+            // Where each stream stands now that the subscriptions are in effect (the SSUBSCRIBE
+            // replies are in), so the sequencer can tell a gap from a start. Publications that
+            // arrive before this answer are held by the sequencer, never taken as the start.
+            let control = inner.control_channel();
+            let ok: Vec<&String> = ok.into_iter().filter(|c| **c != control).collect();
             let positions =
-                futures_util::future::join_all(ok.iter().map(|c| read_position(inner, c.as_str())))
+                futures_util::future::join_all(ok.iter().map(|c| read_start(inner, c.as_str())))
                     .await;
-            for (c, pos) in ok.iter().zip(positions) {
-                if let Some((epoch, top)) = pos {
-                    let _ = inner.seq_tx.send(SeqEvent::Baseline {
-                        channel: (*c).clone(),
-                        epoch,
-                        top,
-                    });
+            // A subscription whose position can't be read fails (the shard answers its
+            // clients 108 and they retry): following it from its first publication instead
+            // could skip what came between the client's read and that publication.
+            let mut unread = Vec::new();
+            for (c, start) in ok.iter().zip(positions) {
+                match start {
+                    Some(start) => {
+                        let _ = inner.seq_tx.send(SeqEvent::Baseline {
+                            channel: (*c).clone(),
+                            start,
+                        });
+                    }
+                    None => unread.push((*c).clone()),
+                }
+            }
+            if !unread.is_empty() {
+                tracing::warn!(
+                    channels = unread.len(),
+                    "position read after SSUBSCRIBE failed"
+                );
+                {
+                    let mut set = inner.subscribed.lock();
+                    for c in &unread {
+                        set.remove(c);
+                    }
+                }
+                for c in &unread {
+                    let _ = inner.seq_tx.send(SeqEvent::Forget(c.clone()));
+                    failed.insert(c.clone());
+                }
+                for group in by_slot(inner.conn.cluster, unread) {
+                    if let Err(e) = sub.sunsubscribe(group).await {
+                        tracing::warn!(error = %e, "SUNSUBSCRIBE failed");
+                    }
                 }
             }
         }
@@ -213,19 +258,41 @@ fn by_slot(cluster: bool, channels: Vec<String>) -> Vec<Vec<String>> {
     groups.into_values().collect()
 }
 
+/// (epoch, top offset) of a channel's stream: Ok(None) when it has none, Err when Redis can't
+/// say.
+async fn read_meta(inner: &Inner, shard_channel: &str) -> Result<Option<(Arc<str>, u64)>, ()> {
+    let channel = inner.channel_of(shard_channel).ok_or(())?;
+    // A script rather than HMGET: a stream written by another master (failover) reads as none,
+    // since it restarts under a new epoch at its next publication or read.
+    let v = inner
+        .eval(
+            &inner.scripts.position,
+            vec![inner.key(channel, "m")],
+            vec![],
+        )
+        .await
+        .map_err(|_| ())?;
+    let v = value_array(v);
+    let epoch = v.first().and_then(value_str).ok_or(())?;
+    if epoch.is_empty() {
+        return Ok(None);
+    }
+    let top = v.get(1).and_then(value_u64).unwrap_or(0);
+    Ok(Some((epoch, top)))
+}
+
 /// (epoch, top offset) of a channel's stream, or None when it has none or Redis can't say.
 async fn read_position(inner: &Inner, shard_channel: &str) -> Option<(Arc<str>, u64)> {
-    use fred::interfaces::HashesInterface;
-    let channel = inner.channel_of(shard_channel)?;
-    let r: Result<Vec<Value>, _> = inner
-        .conn
-        .client
-        .hmget(inner.key(channel, "m"), vec!["e", "o"])
-        .await;
-    let v = inner.conn.ok(r).ok()?;
-    let epoch = v.first().and_then(value_str)?;
-    let top = v.get(1).and_then(value_u64).unwrap_or(0);
-    Some((epoch, top))
+    read_meta(inner, shard_channel).await.ok().flatten()
+}
+
+/// The subscribe-time baseline of a channel; None when Redis can't say.
+async fn read_start(inner: &Inner, shard_channel: &str) -> Option<Start> {
+    match read_meta(inner, shard_channel).await {
+        Ok(Some((epoch, top))) => Some(Start::At(epoch, top)),
+        Ok(None) => Some(Start::Empty),
+        Err(()) => None,
+    }
 }
 
 // ---- position checks ------------------------------------------------------------------------------
@@ -276,36 +343,31 @@ pub(super) async fn run_position_checks(inner: Arc<Inner>) {
 
 // ---- the sequencer task: every publication reaching this node passes here ------------------------
 
-/// Feeds the [`Sequencer`] with every message and event, one at a time (a repair's history read
-/// is awaited before the next input), and does what it says.
+/// Feeds the [`Sequencer`] with every message and event, one at a time, and does what it says. A
+/// repair's history read runs in a task of its own and comes back as [`SeqEvent::Repaired`]:
+/// meanwhile only the repairing channel's publications wait (held by the sequencer).
 pub(super) async fn run_sequencer(
     inner: Arc<Inner>,
     mut messages: broadcast::Receiver<fred::types::Message>,
     mut events: mpsc::UnboundedReceiver<SeqEvent>,
 ) {
-    let mut seq = Sequencer::new();
+    let mut seq: Sequencer<Bytes> = Sequencer::new();
     let control = inner.control_channel();
     loop {
         tokio::select! {
-            m = messages.recv() => match m {
-                Ok(m) => {
-                    let Some(payload) = value_bytes(&m.value) else { continue };
-                    if *m.channel == *control {
-                        apply_control(&inner, &payload);
-                    } else {
-                        on_message(&inner, &mut seq, &m.channel, payload).await;
+            // Events first: a `Subscribing` sent before an SSUBSCRIBE is applied before any
+            // publication that subscription brings.
+            biased;
+            e = events.recv() => match e {
+                Some(SeqEvent::Subscribing(channel)) => {
+                    if let Some(name) = inner.channel_of(&channel).and_then(|n| ChannelName::parse(n).ok()) {
+                        seq.subscribing(&name);
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    tracing::warn!(lost = n, "pub/sub receiver lagged; repairing from history");
-                    inner.check_now.notify_one();
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-            e = events.recv() => match e {
-                Some(SeqEvent::Baseline { channel, epoch, top }) => {
-                    if let Some(name) = channel_name(&inner, &seq, &channel) {
-                        seq.baseline(&name, epoch, top);
+                Some(SeqEvent::Baseline { channel, start }) => {
+                    if let Some(name) = inner.channel_of(&channel) {
+                        let steps = seq.baseline(name, start);
+                        run_steps(&inner, steps, None);
                     }
                 }
                 Some(SeqEvent::Forget(channel)) => {
@@ -314,9 +376,27 @@ pub(super) async fn run_sequencer(
                     }
                 }
                 Some(SeqEvent::Check { channel, epoch, top, read_at }) => {
-                    on_check(&inner, &mut seq, &channel, epoch, top, read_at).await;
+                    on_check(&inner, &mut seq, &channel, epoch, top, read_at);
+                }
+                Some(SeqEvent::Repaired { repair, items }) => {
+                    on_repaired(&inner, &mut seq, repair, items);
                 }
                 None => return,
+            },
+            m = messages.recv() => match m {
+                Ok(m) => {
+                    let Some(payload) = value_bytes(&m.value) else { continue };
+                    if *m.channel == *control {
+                        apply_control(&inner, &payload);
+                    } else {
+                        on_message(&inner, &mut seq, &m.channel, payload);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(lost = n, "pub/sub receiver lagged; repairing from history");
+                    inner.check_now.notify_one();
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
             },
         }
         publish_generation(&inner, &seq);
@@ -324,18 +404,8 @@ pub(super) async fn run_sequencer(
 }
 
 /// Lets the position check see how far the sequencer's state has moved.
-fn publish_generation(inner: &Inner, seq: &Sequencer) {
+fn publish_generation(inner: &Inner, seq: &Sequencer<Bytes>) {
     inner.generation.store(seq.generation(), Ordering::Relaxed);
-}
-
-/// The channel a shard channel carries: the sequencer's copy when it follows it (no parsing per
-/// message), else parsed; None for a name no client could subscribe to.
-fn channel_name(inner: &Inner, seq: &Sequencer, shard_channel: &str) -> Option<ChannelName> {
-    let name = inner.channel_of(shard_channel)?;
-    match seq.channel(name) {
-        Some(c) => Some(c.clone()),
-        None => ChannelName::parse(name).ok(),
-    }
 }
 
 fn apply_control(inner: &Inner, payload: &[u8]) {
@@ -380,12 +450,15 @@ fn parse_wire(payload: &[u8]) -> Option<Wire<'_>> {
     })
 }
 
-async fn on_message(inner: &Inner, seq: &mut Sequencer, shard_channel: &str, payload: Bytes) {
-    let Some(channel) = channel_name(inner, seq, shard_channel) else {
+fn on_message(inner: &Arc<Inner>, seq: &mut Sequencer<Bytes>, shard_channel: &str, payload: Bytes) {
+    let Some(name) = inner.channel_of(shard_channel) else {
         return;
     };
     if payload.first() == Some(&b'c') {
-        // Join/leave: `c <published_at_us>\n<frame>`, no offset.
+        // Join/leave: `c <published_at_us>\n<frame>`, no offset; only for channels followed.
+        let Some(channel) = seq.channel(name) else {
+            return;
+        };
         let Some(nl) = payload.iter().position(|b| *b == b'\n') else {
             return;
         };
@@ -393,21 +466,20 @@ async fn on_message(inner: &Inner, seq: &mut Sequencer, shard_channel: &str, pay
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(unix_us);
-        inner.hub.deliver(&channel, 0, payload.slice(nl + 1..), at);
+        inner.hub.deliver(channel, 0, payload.slice(nl + 1..), at);
         return;
     }
-    let Some(w) = parse_wire(&payload) else {
-        tracing::warn!(%channel, "undecodable publication from Redis");
+    let Some((epoch, offset)) = parse_wire(&payload).map(|w| (w.epoch.to_string(), w.offset))
+    else {
+        tracing::warn!(channel = name, "undecodable publication from Redis");
         return;
     };
-    match seq.publication(&channel, w.epoch, w.offset) {
-        Received::Deliver => deliver_live(inner, &channel, &w),
-        Received::Duplicate => {} // already delivered (repaired from history, or a second subscription)
-        Received::Repair(r) => repair(inner, seq, r, shard_channel, Some(&w)).await,
-    }
+    let steps = seq.publication(name, &epoch, offset, payload);
+    run_steps(inner, steps, None);
 }
 
-fn deliver_live(inner: &Inner, channel: &ChannelName, w: &Wire<'_>) {
+fn deliver_live(inner: &Inner, channel: &ChannelName, payload: &[u8]) {
+    let Some(w) = parse_wire(payload) else { return };
     inner.broker_publications.inc();
     let frame = reply::publication(channel, w.offset, w.data, w.info);
     inner
@@ -415,9 +487,9 @@ fn deliver_live(inner: &Inner, channel: &ChannelName, w: &Wire<'_>) {
         .deliver(channel, w.offset, Bytes::from(frame), w.published_at_us);
 }
 
-async fn on_check(
-    inner: &Inner,
-    seq: &mut Sequencer,
+fn on_check(
+    inner: &Arc<Inner>,
+    seq: &mut Sequencer<Bytes>,
     shard_channel: &str,
     epoch: Arc<str>,
     top: u64,
@@ -437,84 +509,95 @@ async fn on_check(
             tracing::warn!(%channel, "stream changed under us; asking subscribers to resubscribe");
             inner.hub.control(Control::ResetChannel { channel });
         }
-        Checked::Repair(r) => repair(inner, seq, r, shard_channel, None).await,
+        Checked::Repair(r) => start_repair(inner, r),
     }
 }
 
-/// Reads the history `r` asks for, hands the result to the sequencer and does what it says:
-/// delivers the publications after `r.after` (then `held`, the live publication that revealed
-/// the gap, unless history had it), or tells local subscribers to resubscribe when they are gone.
-async fn repair(
-    inner: &Inner,
-    seq: &mut Sequencer,
+/// Reads the history `r` asks for in a task of its own and hands the result back to the
+/// sequencer task ([`SeqEvent::Repaired`]).
+fn start_repair(inner: &Arc<Inner>, r: Repair) {
+    let inner2 = inner.clone();
+    tokio::spawn(async move {
+        let options = ChannelOptions {
+            history_size: 0,
+            history_ttl: Duration::ZERO,
+        };
+        let read = inner2
+            .read_history(r.channel.as_str(), options, Some((r.after, &r.epoch)), None)
+            .await;
+        let items = match read {
+            Ok(h) => Some(h.publications),
+            Err(e) => {
+                tracing::warn!(channel = %r.channel, missing = r.upto - r.after, error = %e, "gap not recoverable; asking subscribers to resubscribe");
+                None
+            }
+        };
+        let _ = inner2.seq_tx.send(SeqEvent::Repaired { repair: r, items });
+    });
+}
+
+/// A repair's history read is in: the sequencer says what to deliver (history items, then the
+/// publications held meanwhile), reset or re-subscribe.
+fn on_repaired(
+    inner: &Arc<Inner>,
+    seq: &mut Sequencer<Bytes>,
     r: Repair,
-    shard_channel: &str,
-    held: Option<&Wire<'_>>,
+    items: Option<Vec<HistoryItem>>,
 ) {
-    // The read takes a while: let the position check see every change so far.
-    publish_generation(inner, seq);
-    let channel = r.channel.clone();
     let missing = r.upto - r.after;
-    let options = ChannelOptions {
-        history_size: 0,
-        history_ttl: Duration::ZERO,
-    };
-    let read = inner
-        .read_history(channel.as_str(), options, Some((r.after, &r.epoch)), None)
-        .await;
-    let (items, offsets): (&[HistoryItem], Option<Vec<u64>>) = match &read {
-        Ok(h) => (
-            &h.publications,
-            Some(h.publications.iter().map(|p| p.offset).collect()),
-        ),
-        Err(e) => {
-            tracing::warn!(%channel, shard_channel, missing, error = %e, "gap not recoverable; asking subscribers to resubscribe");
-            (&[], None)
-        }
-    };
-    let mut repaired = 0;
-    // Logged once the history items are out, before anything else happens.
-    let mut log_pending = read.is_ok();
-    for step in seq.repaired(r, offsets.as_deref(), unix_us()) {
-        if log_pending && !matches!(step, RepairStep::DeliverHistory { .. }) {
-            log_pending = false;
-            tracing::info!(%channel, missing, repaired, "filled a gap from history");
-        }
+    let channel = r.channel.clone();
+    let offsets: Option<Vec<u64>> = items.as_ref().map(|h| h.iter().map(|p| p.offset).collect());
+    let steps = seq.repaired(r, offsets.as_deref(), unix_us());
+    if items.is_some() && !steps.is_empty() {
+        let repaired = steps
+            .iter()
+            .filter(|s| matches!(s, Step::DeliverHistory { .. }))
+            .count();
+        tracing::info!(%channel, missing, repaired, "filled a gap from history");
+    }
+    run_steps(
+        inner,
+        steps,
+        Some((&channel, items.as_deref().unwrap_or(&[]))),
+    );
+}
+
+/// Does what the sequencer said, in order. `history`: the channel and items of the repair the
+/// steps answer.
+fn run_steps(
+    inner: &Arc<Inner>,
+    steps: Vec<Step<Bytes>>,
+    history: Option<(&ChannelName, &[HistoryItem])>,
+) {
+    for step in steps {
         match step {
-            RepairStep::DeliverHistory {
+            Step::Deliver {
+                channel, payload, ..
+            } => deliver_live(inner, &channel, &payload),
+            Step::Repair(r) => start_repair(inner, r),
+            Step::DeliverHistory {
                 index,
                 offset,
                 published_at_us,
             } => {
-                let p = &items[index];
-                repaired += 1;
-                let frame = reply::publication(&channel, offset, &p.data, p.info.as_deref());
+                let Some((channel, items)) = history else {
+                    continue;
+                };
+                let Some(p) = items.get(index) else { continue };
+                let frame = reply::publication(channel, offset, &p.data, p.info.as_deref());
                 inner
                     .hub
-                    .deliver(&channel, offset, Bytes::from(frame), published_at_us);
+                    .deliver(channel, offset, Bytes::from(frame), published_at_us);
             }
-            RepairStep::Reset => inner.hub.control(Control::ResetChannel {
-                channel: channel.clone(),
-            }),
-            RepairStep::DeliverHeld { .. } => {
-                if let Some(w) = held {
-                    deliver_live(inner, &channel, w);
-                }
-            }
-            // Already delivered from history.
-            RepairStep::DropHeld { .. } => {}
-            RepairStep::Resubscribe => {
+            Step::Reset(channel) => inner.hub.control(Control::ResetChannel { channel }),
+            Step::Resubscribe(channel) => {
                 // Two checks in a row saw publications that never came live: re-subscribe.
                 let _ = inner
                     .sub_tx
-                    .send(SubReq::Refresh(shard_channel.to_string()));
+                    .send(SubReq::Refresh(inner.shard_channel(channel.as_str())));
             }
         }
     }
-    if log_pending {
-        tracing::info!(%channel, missing, repaired, "filled a gap from history");
-    }
-    publish_generation(inner, seq);
 }
 
 // The sequencer's wire format is part of the fleet contract: test it without Redis.

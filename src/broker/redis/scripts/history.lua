@@ -3,15 +3,22 @@
 -- ARGV: new_epoch, meta_ttl_ms, mode ("last" | "since"), since_offset, since_epoch,
 --       limit (-1 = none), history_size.
 -- Returns {epoch, top, recovered (1/0), entries}.
-local epoch = redis.call('HGET', KEYS[2], 'e')
+-- A stream last written by another master (a failover or restart since, see publish.lua) restarts
+-- under a new epoch here too, so a recovering client learns of it before the next publication.
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+local meta = redis.call('HMGET', KEYS[2], 'e', 'o', 'r')
+local epoch = meta[1]
 local top = 0
+if epoch and meta[3] and meta[3] ~= replid then
+  epoch = false
+end
 if not epoch then
   epoch = ARGV[1]
-  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0)
+  redis.call('HSET', KEYS[2], 'e', epoch, 'o', 0, 'r', replid)
   redis.call('PEXPIRE', KEYS[2], ARGV[2])
   redis.call('DEL', KEYS[1])
 else
-  top = tonumber(redis.call('HGET', KEYS[2], 'o') or '0')
+  top = tonumber(meta[2] or '0')
 end
 local limit = tonumber(ARGV[6])
 if ARGV[3] == 'last' then
