@@ -19,8 +19,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{
-    new_epoch, Broker, BrokerError, ChannelOptions, Control, DeliverySink, HistoryItem,
-    HistoryResult, NodeInfo, PresenceEntry, PublishRequest, Published, StreamPosition,
+    Broker, BrokerError, ChannelOptions, Control, DeliverySink, HistoryItem, HistoryResult,
+    NodeInfo, PresenceEntry, PublishRequest, Published, StreamPosition,
 };
 use crate::clock::unix_micros;
 use crate::protocol::{reply, ChannelName, Position};
@@ -29,29 +29,54 @@ const STRIPES: usize = 64;
 /// Idempotency keys are remembered this long.
 const IDEMPOTENCY_TTL: Duration = Duration::from_secs(300);
 
+/// One channel's stream position and history. Every channel a client subscribes to has one (a
+/// personal channel nothing is published to included: the position a subscriber is given must
+/// stay valid until the stream expires), so it is kept compact: 32 bytes in its stripe's map and
+/// nothing on the heap until the first publication kept in history.
 struct Stream {
-    epoch: Arc<str>,
+    epoch: [u8; EPOCH_LEN],
     top: u64,
-    items: VecDeque<HistoryItem>,
-    expires_at: Instant,
+    /// When the stream expires, in milliseconds on the broker's clock (`Inner::now_ms`).
+    expires_at: u64,
+    #[allow(clippy::box_collection)] // one pointer here; the deque's three words only once used
+    items: Option<Box<VecDeque<HistoryItem>>>,
 }
 
+/// Random epochs: 8 characters of `[a-z0-9]`, as `broker::new_epoch`, stored inline.
+const EPOCH_LEN: usize = 8;
+
 impl Stream {
-    fn new(ttl: Duration) -> Self {
+    fn new(now_ms: u64, ttl: Duration) -> Self {
+        use rand::Rng;
+        const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+        let mut rng = rand::thread_rng();
         Stream {
-            epoch: new_epoch(),
+            epoch: std::array::from_fn(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())]),
             top: 0,
-            items: VecDeque::new(),
-            expires_at: Instant::now() + ttl,
+            items: None,
+            expires_at: now_ms + ttl_ms(ttl),
         }
+    }
+
+    fn epoch(&self) -> &str {
+        std::str::from_utf8(&self.epoch).expect("epochs are ASCII")
     }
 
     fn position(&self) -> StreamPosition {
         StreamPosition {
             offset: self.top,
-            epoch: self.epoch.clone(),
+            epoch: Arc::from(self.epoch()),
         }
     }
+
+    fn items(&self) -> &VecDeque<HistoryItem> {
+        static NONE: VecDeque<HistoryItem> = VecDeque::new();
+        self.items.as_deref().unwrap_or(&NONE)
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 2)
 }
 
 #[derive(Default)]
@@ -73,6 +98,8 @@ struct Inner {
     schedule: Mutex<BTreeMap<(u64, u64), Scheduled>>,
     schedule_changed: Notify,
     seq: AtomicU64,
+    /// The broker's clock for stream expiry (`now_ms`).
+    started: Instant,
 }
 
 pub struct MemoryBroker {
@@ -91,6 +118,7 @@ impl MemoryBroker {
             schedule: Mutex::new(BTreeMap::new()),
             schedule_changed: Notify::new(),
             seq: AtomicU64::new(1),
+            started: Instant::now(),
         });
         tokio::spawn(run_scheduler(inner.clone()));
         tokio::spawn(run_sweeper(Arc::downgrade(&inner)));
@@ -105,28 +133,35 @@ impl Inner {
         &self.stripes[(h.finish() as usize) % STRIPES]
     }
 
+    /// Milliseconds since the broker started: the clock streams expire by.
+    fn now_ms(&self) -> u64 {
+        ttl_ms(self.started.elapsed())
+    }
+
     fn publish_now(&self, req: &PublishRequest) -> StreamPosition {
-        let now = Instant::now();
+        let now = self.now_ms();
+        let ttl = req.options.meta_ttl();
         let published_at = unix_micros();
         let mut stripe = self.stripe(&req.channel).lock();
         let stream = stripe
             .streams
             .entry(req.channel.clone())
-            .or_insert_with(|| Stream::new(req.options.meta_ttl()));
+            .or_insert_with(|| Stream::new(now, ttl));
         if stream.expires_at <= now {
-            *stream = Stream::new(req.options.meta_ttl());
+            *stream = Stream::new(now, ttl);
         }
         stream.top += 1;
-        stream.expires_at = now + req.options.meta_ttl();
+        stream.expires_at = now + ttl_ms(ttl);
         let offset = stream.top;
         if req.options.history_size > 0 {
-            stream.items.push_back(HistoryItem {
+            let items = stream.items.get_or_insert_with(Default::default);
+            items.push_back(HistoryItem {
                 offset,
                 data: req.data.clone(),
                 info: req.info.clone(),
             });
-            while stream.items.len() > req.options.history_size {
-                stream.items.pop_front();
+            while items.len() > req.options.history_size {
+                items.pop_front();
             }
         }
         let position = stream.position();
@@ -232,30 +267,31 @@ impl Broker for MemoryBroker {
         since: Option<&Position>,
         limit: Option<usize>,
     ) -> Result<HistoryResult, BrokerError> {
-        let now = Instant::now();
+        let now = self.inner.now_ms();
+        let ttl = options.meta_ttl();
         let mut stripe = self.inner.stripe(channel).lock();
         let stream = stripe
             .streams
             .entry(channel.clone())
-            .or_insert_with(|| Stream::new(options.meta_ttl()));
+            .or_insert_with(|| Stream::new(now, ttl));
         if stream.expires_at <= now {
-            *stream = Stream::new(options.meta_ttl());
+            *stream = Stream::new(now, ttl);
         }
         let position = stream.position();
+        let items = stream.items();
         let limit = limit.unwrap_or(usize::MAX);
         let publications = match since {
             None => {
-                let skip = stream.items.len().saturating_sub(limit);
-                stream.items.iter().skip(skip).cloned().collect()
+                let skip = items.len().saturating_sub(limit);
+                items.iter().skip(skip).cloned().collect()
             }
             Some(since) => {
-                let oldest = stream.items.front().map_or(stream.top + 1, |i| i.offset);
+                let oldest = items.front().map_or(stream.top + 1, |i| i.offset);
                 let lost = since.offset + 1 < oldest;
-                if *since.epoch != *stream.epoch || since.offset > stream.top || lost {
+                if *since.epoch != *stream.epoch() || since.offset > stream.top || lost {
                     return Err(BrokerError::Unrecoverable { position });
                 }
-                stream
-                    .items
+                items
                     .iter()
                     .filter(|i| i.offset > since.offset)
                     .take(limit)
@@ -378,9 +414,10 @@ async fn run_sweeper(inner: std::sync::Weak<Inner>) {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
+        let now_ms = inner.now_ms();
         for stripe in &inner.stripes {
             let mut s = stripe.lock();
-            s.streams.retain(|_, st| st.expires_at > now);
+            s.streams.retain(|_, st| st.expires_at > now_ms);
             s.presence.retain(|_, members| {
                 members.retain(|_, (_, exp)| *exp > now);
                 !members.is_empty()
@@ -390,5 +427,25 @@ async fn run_sweeper(inner: std::sync::Weak<Inner>) {
             .idempotency
             .lock()
             .retain(|_, (_, at)| at.elapsed() < IDEMPOTENCY_TTL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream exists for every subscribed channel: keep it at 32 bytes (it was 72 and an
+    /// allocated epoch).
+    #[test]
+    fn a_stream_stays_small() {
+        assert!(std::mem::size_of::<Stream>() <= 32);
+        let s = Stream::new(0, Duration::from_secs(1));
+        assert_eq!(s.epoch().len(), EPOCH_LEN);
+        assert!(s
+            .epoch()
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert_eq!(s.expires_at, 1000);
+        assert!(s.items().is_empty() && s.items.is_none());
     }
 }

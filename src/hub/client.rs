@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::connection::connected_body;
 use super::node::Node;
-use super::shard::Shard;
+use super::shard::{push_small, Shard};
 use crate::auth::Identity;
 use crate::broker::{
     BrokerError, ChannelOptions, HistoryItem, HistoryResult, PublishRequest, Published,
@@ -188,7 +188,7 @@ async fn subscribe(
     let me = identity(shard, key)?;
     let (ch, ns) = channel_for(&shard.node, &me, name)?;
     let k = key as u32;
-    let new_on_shard = {
+    let (ch, new_on_shard) = {
         let mut st = shard.state.borrow_mut();
         let conn = &mut st.conns[key];
         if conn.subs.contains(&ch) {
@@ -197,8 +197,10 @@ async fn subscribe(
         if conn.subs.len() >= shard.node.config.limits.max_subscriptions {
             return Err(ClientError::LimitExceeded);
         }
-        conn.subs.push(ch.clone());
-        st.add_joining(&ch, k)
+        // From here on the shard's copy of the name: the parsed one is dropped.
+        let (ch, new_on_shard) = st.join(ch, k);
+        push_small(&mut st.conns[key].subs, ch.clone());
+        (ch, new_on_shard)
     };
     let abort = |e: ClientError| {
         let mut st = shard.state.borrow_mut();

@@ -16,7 +16,8 @@
 //! code instead of a reset (1006).
 
 use std::cell::Cell;
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::Duration;
@@ -189,14 +190,6 @@ enum PeerEnd {
     Gone,
 }
 
-/// What one read pass produced.
-struct ReadOutcome {
-    /// Complete commands to run, in order (maybe none).
-    commands: Vec<Command>,
-    /// The peer closed after them.
-    end: Option<PeerEnd>,
-}
-
 /// Removes the connection from its shard if its task unwinds (a panic in command handling), so
 /// the slot, its subscriptions and the node's connection count are released and the panic is
 /// counted.
@@ -226,75 +219,101 @@ impl Drop for SlotGuard {
     }
 }
 
-/// The connection's task: handle what came with the upgrade, then wait for a socket event,
-/// handle it, repeat; then close.
-pub async fn run(shard: Rc<Shard>, key: usize, read_ahead: Bytes) {
+/// The connection's task (spawned by `Shard::register`): run what came with the upgrade, then
+/// wait for a socket event, handle it, repeat; then close.
+///
+/// What the task holds while the connection is idle is the size of this future, paid once per
+/// socket (kept small by `idle_task_stays_small`): command handling and the close are boxed, so
+/// their state exists only while they run. `read_ahead` (bytes the client sent right behind its
+/// upgrade request) is decoded here, before the task exists: it is a view into hyper's whole read
+/// buffer (8 KiB or more, even when empty), which the task would otherwise keep for as long as
+/// the connection lives.
+pub fn run(shard: Rc<Shard>, key: usize, read_ahead: Bytes) -> impl Future<Output = ()> {
+    let stream = shard.state.borrow().conns[key].stream.clone();
     let guard = SlotGuard {
-        shard: shard.clone(),
+        shard,
         key,
         armed: Cell::new(true),
     };
-    let stream = shard.state.borrow().conns[key].stream.clone();
+    let mut first = Vec::new();
     let mut end = None;
     if !read_ahead.is_empty() {
         // A client may send its first frames in the same write as the upgrade request: they are
-        // input like any other, handled now (the socket won't signal them again).
+        // input like any other (the socket won't signal them again).
         let mut input = read_ahead.to_vec();
-        let outcome = {
-            let mut st = shard.state.borrow_mut();
-            let mut commands = Vec::new();
-            let end = decode(&shard, &mut st.conns[key], &mut input, &mut commands);
-            ReadOutcome { commands, end }
-        };
-        end = run_commands(&shard, key, outcome).await;
+        let mut st = guard.shard.state.borrow_mut();
+        end = decode(&guard.shard, &mut st.conns[key], &mut input, &mut first);
     }
-    while end.is_none() {
-        let ev = poll_fn(|cx| {
-            let mut st = shard.state.borrow_mut();
-            let conn = &mut st.conns[key];
-            if conn.closing.is_some() {
-                return Poll::Ready(Event::Close);
+    drop(read_ahead);
+    // The commands of the last read, run in order before the next wait.
+    let mut commands = first.into_iter();
+    async move {
+        loop {
+            while let Some(handling) = next_command(&guard.shard, guard.key, &mut commands) {
+                handling.await;
             }
-            if conn.blocked && stream.poll_write_ready(cx).is_ready() {
-                return Poll::Ready(Event::Writable);
+            // What is left when the connection started closing is dropped.
+            commands = Vec::new().into_iter();
+            // The read's replies, pongs and echoes leave in one write (cork).
+            guard.shard.flush(guard.key);
+            if end.is_some() {
+                break;
             }
-            if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-                conn.waker = Some(cx.waker().clone());
-            }
-            match stream.poll_read_ready(cx) {
-                Poll::Ready(_) => Poll::Ready(Event::Readable),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        match ev {
-            Event::Close => break,
-            Event::Writable => {
-                shard.state.borrow_mut().conns[key].blocked = false;
-                shard.flush(key);
-            }
-            Event::Readable => {
-                let outcome = read_frames(&shard, key, &stream);
-                end = run_commands(&shard, key, outcome).await;
+            match poll_fn(|cx| poll_event(&guard.shard, guard.key, &stream, cx)).await {
+                Event::Close => break,
+                Event::Writable => {
+                    guard.shard.state.borrow_mut().conns[guard.key].blocked = false;
+                }
+                Event::Readable => {
+                    let (read, peer_end) = read_frames(&guard.shard, guard.key, &stream);
+                    commands = read.into_iter();
+                    end = peer_end;
+                }
             }
         }
+        Box::pin(finish(&guard.shard, guard.key, &stream, end)).await;
+        guard.armed.set(false);
     }
-    finish(&shard, key, &stream, end).await;
-    guard.armed.set(false);
 }
 
-/// Runs the commands of one read in order, then flushes their replies in one write (cork).
-async fn run_commands(shard: &Rc<Shard>, key: usize, outcome: ReadOutcome) -> Option<PeerEnd> {
-    for cmd in outcome.commands {
-        if shard.state.borrow().conns[key].closing.is_some() {
-            break;
-        }
-        // Boxed so the idle connection's future stays small: command handling state exists
-        // only while a command runs.
-        Box::pin(client::handle(shard, key, cmd)).await;
+/// What the idle connection waits for: the shard asking it to close, writability while the
+/// socket is full, or input.
+fn poll_event(
+    shard: &Shard,
+    key: usize,
+    stream: &TcpStream,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Event> {
+    let mut st = shard.state.borrow_mut();
+    let conn = &mut st.conns[key];
+    if conn.closing.is_some() {
+        return Poll::Ready(Event::Close);
     }
-    shard.flush(key);
-    outcome.end
+    if conn.blocked && stream.poll_write_ready(cx).is_ready() {
+        return Poll::Ready(Event::Writable);
+    }
+    if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        conn.waker = Some(cx.waker().clone());
+    }
+    match stream.poll_read_ready(cx) {
+        Poll::Ready(_) => Poll::Ready(Event::Readable),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// The next command's handling, boxed so the idle connection's future stays small: command
+/// handling state exists only while a command runs. `None` when the commands ran out or the
+/// connection is closing.
+fn next_command<'a>(
+    shard: &'a Rc<Shard>,
+    key: usize,
+    commands: &mut std::vec::IntoIter<Command>,
+) -> Option<Pin<Box<impl Future<Output = ()> + 'a>>> {
+    if commands.len() == 0 || shard.state.borrow().conns[key].closing.is_some() {
+        return None;
+    }
+    let cmd = commands.next()?;
+    Some(Box::pin(client::handle(shard, key, cmd)))
 }
 
 /// Sends the close frame (unless the peer vanished), lets it leave, and removes the connection
@@ -357,17 +376,20 @@ async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, end: Opti
 }
 
 /// Reads everything available (up to a budget) through the shard's scratch buffer and decodes
-/// it; stops at the peer's close, an error or EOF, keeping what was decoded before.
-fn read_frames(shard: &Rc<Shard>, key: usize, stream: &TcpStream) -> ReadOutcome {
+/// it; stops at the peer's close, an error or EOF, keeping what was decoded before. Returns the
+/// complete commands to run, in order, and how the peer ended the connection after them, if it
+/// did.
+fn read_frames(
+    shard: &Rc<Shard>,
+    key: usize,
+    stream: &TcpStream,
+) -> (Vec<Command>, Option<PeerEnd>) {
     let mut commands = Vec::new();
     let mut scratch = shard.scratch.borrow_mut();
     let mut st = shard.state.borrow_mut();
     let conn = &mut st.conns[key];
     if conn.closing.is_some() || conn.decoder.is_done() {
-        return ReadOutcome {
-            commands,
-            end: None,
-        };
+        return (commands, None);
     }
     let mut end = None;
     let stop = socket::read_available(stream, &mut scratch[..], READ_BUDGET, |input| {
@@ -379,7 +401,7 @@ fn read_frames(shard: &Rc<Shard>, key: usize, stream: &TcpStream) -> ReadOutcome
     if stop == ReadStop::Gone && end.is_none() {
         end = Some(PeerEnd::Gone);
     }
-    ReadOutcome { commands, end }
+    (commands, end)
 }
 
 /// Feeds `input` to the connection's decoder: pings are answered, echoes queued (echo route),
@@ -526,5 +548,23 @@ mod tests {
         eprintln!("size_of::<Connection>() = {size}");
         assert!(size <= 176, "Connection grew to {size} bytes");
         assert_eq!(std::mem::size_of::<Decoder>(), 16);
+    }
+
+    /// The size of the future a function returns, without calling it.
+    fn future_size<A, B, C, F: std::future::Future>(_: impl FnOnce(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection's task is tokio's task cell (header and trailer, 80 bytes, the whole
+    /// cell aligned to 128) around this future: at most 128 bytes keeps the cell at 256 bytes
+    /// (672 bytes of future, a 896-byte cell, before command handling and the close were boxed).
+    #[test]
+    fn idle_task_stays_small() {
+        let size = future_size(run);
+        eprintln!("connection task future: {size} bytes");
+        assert!(
+            size <= 128,
+            "the connection task's future grew to {size} bytes"
+        );
     }
 }

@@ -16,11 +16,66 @@ use crate::config::{Config, NamespaceConfig};
 use crate::metrics::metrics;
 use crate::protocol::ChannelName;
 
-/// Local interest in one channel: how many shards have subscribers, and whether the broker
-/// subscription is in place (`None` while the first shard's subscribe is under way).
+/// Local interest in one channel: how many shards have subscribers, and where the broker
+/// subscription stands. One small map entry per channel and nothing on the heap: a watch channel
+/// exists only while shards wait for the first shard's broker subscribe (several shards getting
+/// their first subscriber of a channel at the same moment), created by the first one to wait.
 pub struct Interest {
-    count: usize,
-    ready: Arc<tokio::sync::watch::Sender<Option<bool>>>,
+    count: u32,
+    state: Subscription,
+    /// Shards waiting for the outcome of the `Pending` subscribe.
+    waiters: Option<tokio::sync::watch::Sender<Option<bool>>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Subscription {
+    /// The first shard's broker subscribe is under way.
+    Pending,
+    Ready,
+    /// The subscribe failed: shards arriving before the channel's entry is gone fail too.
+    Failed,
+}
+
+/// What a shard does in `add_interest`.
+enum Role {
+    /// Subscribe at the broker, then tell the waiters.
+    Lead,
+    Wait(tokio::sync::watch::Receiver<Option<bool>>),
+    Done(bool),
+}
+
+/// The leading shard's subscribe: publishes its outcome to the channel's entry and waiters, also
+/// when the subscribe is dropped before it finished (then as a failure, releasing its count).
+struct Leading<'a> {
+    node: &'a Node,
+    channel: &'a ChannelName,
+    done: bool,
+}
+
+impl Leading<'_> {
+    fn finish(&mut self, ok: bool) {
+        self.done = true;
+        let mut m = self.node.interest.lock();
+        if let Some(i) = m.get_mut(self.channel) {
+            i.state = if ok {
+                Subscription::Ready
+            } else {
+                Subscription::Failed
+            };
+            if let Some(waiters) = i.waiters.take() {
+                waiters.send_replace(Some(ok));
+            }
+        }
+    }
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish(false);
+            self.node.remove_interest_count(self.channel);
+        }
+    }
 }
 
 pub struct Node {
@@ -112,35 +167,46 @@ impl Node {
     /// the channel to this node, also for a shard that arrives while another shard's subscribe
     /// is still under way (so no shard reads a position before the live stream is flowing).
     pub async fn add_interest(&self, channel: &ChannelName) -> Result<(), BrokerError> {
-        let (ready, leader) = {
+        let role = {
             let mut m = self.interest.lock();
             match m.get_mut(channel) {
                 Some(i) => {
                     i.count += 1;
-                    (i.ready.subscribe(), None)
+                    match i.state {
+                        Subscription::Ready => Role::Done(true),
+                        Subscription::Failed => Role::Done(false),
+                        Subscription::Pending => Role::Wait(
+                            i.waiters
+                                .get_or_insert_with(|| tokio::sync::watch::channel(None).0)
+                                .subscribe(),
+                        ),
+                    }
                 }
                 None => {
-                    let (tx, rx) = tokio::sync::watch::channel(None);
-                    let tx = Arc::new(tx);
                     m.insert(
                         channel.clone(),
                         Interest {
                             count: 1,
-                            ready: tx.clone(),
+                            state: Subscription::Pending,
+                            waiters: None,
                         },
                     );
-                    (rx, Some(tx))
+                    Role::Lead
                 }
             }
         };
-        let outcome = match leader {
-            Some(tx) => {
+        let outcome = match role {
+            Role::Lead => {
+                let mut leading = Leading {
+                    node: self,
+                    channel,
+                    done: false,
+                };
                 let r = self.broker.subscribe(channel).await;
-                tx.send_replace(Some(r.is_ok()));
+                leading.finish(r.is_ok());
                 r
             }
-            None => {
-                let mut ready = ready;
+            Role::Wait(mut ready) => {
                 let subscribed = matches!(
                     ready.wait_for(|v| v.is_some()).await.map(|v| *v),
                     Ok(Some(true))
@@ -151,6 +217,8 @@ impl Node {
                     Err(BrokerError::Unavailable("broker subscribe failed".into()))
                 }
             }
+            Role::Done(true) => Ok(()),
+            Role::Done(false) => Err(BrokerError::Unavailable("broker subscribe failed".into())),
         };
         if outcome.is_err() {
             self.remove_interest_count(channel);

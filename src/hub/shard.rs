@@ -5,6 +5,7 @@
 //! reference on each subscriber, and flushed with one `writev` per connection per batch.
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
@@ -58,9 +59,55 @@ pub struct ChannelSubs {
     /// Connections receiving live publications.
     pub subscribers: Vec<u32>,
     /// Connections whose subscription is being set up (see [`Joining`]).
-    pub joining: Vec<Joining>,
+    pub joining: JoiningList,
     /// The offset of the last publication fanned out here (0: none yet).
     pub last_offset: u64,
+}
+
+/// A channel's joining connections: empty nearly always (a subscribe is set up in one round
+/// trip), so it is one null pointer in the channel's entry — every subscribed channel has one —
+/// instead of a `Vec`'s three words. Never an empty allocation: the list is freed when it
+/// empties.
+#[derive(Default)]
+#[allow(clippy::box_collection)] // one pointer in every channel's entry instead of three words
+pub struct JoiningList(Option<Box<Vec<Joining>>>);
+
+impl JoiningList {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    fn push(&mut self, j: Joining) {
+        self.0
+            .get_or_insert_with(|| Box::new(Vec::with_capacity(1)))
+            .push(j);
+    }
+
+    fn position(&self, key: u32) -> Option<usize> {
+        self.0.as_ref()?.iter().position(|j| j.key == key)
+    }
+
+    fn get_mut(&mut self, i: usize) -> &mut Joining {
+        &mut self.0.as_mut().expect("a joining connection")[i]
+    }
+
+    fn swap_remove(&mut self, i: usize) {
+        if let Some(list) = &mut self.0 {
+            list.swap_remove(i);
+            if list.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
+
+    fn retain_mut(&mut self, f: impl FnMut(&mut Joining) -> bool) {
+        if let Some(list) = &mut self.0 {
+            list.retain_mut(f);
+            if list.is_empty() {
+                self.0 = None;
+            }
+        }
+    }
 }
 
 pub struct ShardState {
@@ -92,10 +139,11 @@ impl Shard {
     pub fn new(index: usize, node: Arc<Node>) -> Rc<Shard> {
         // One read's worth: the decoder keeps a message that spans reads itself.
         let scratch = vec![0u8; SCRATCH_BYTES];
+        let state = ShardState::with_capacity(slots_per_shard(&node));
         Rc::new(Shard {
             index,
             node,
-            state: RefCell::new(ShardState::new()),
+            state: RefCell::new(state),
             scratch: RefCell::new(scratch),
             draining: Cell::new(false),
             attached: RefCell::new(HashMap::new()),
@@ -449,6 +497,7 @@ impl Shard {
             {
                 let mut st = self.state.borrow_mut();
                 for (key, conn) in st.conns.iter_mut() {
+                    conn.out.release_if_idle();
                     if conn.closing.is_some() {
                         continue;
                     }
@@ -569,6 +618,29 @@ impl Shard {
     }
 }
 
+/// Connection slots each shard reserves at start: `node.target_sockets` spread over the shards,
+/// capped by the open-file limit (which bounds the sockets anyway). The slab fills from its front
+/// (a freed slot is the next one reused), so the reserved tail costs address space until sockets
+/// arrive, and the slab never doubles while they do (each doubling copies every connection on the
+/// shard thread, and leaves up to half of the new array unused). The channel tables are not
+/// reserved this way: their entries land anywhere in the table, so a table sized for the target
+/// would be touched all over by a fraction of it.
+fn slots_per_shard(node: &Node) -> usize {
+    let shards = node.hub.shard_count().max(1) as u64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit with a valid, initialized struct.
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur as u64
+    } else {
+        0
+    };
+    (node.config.node.target_sockets.min(files) / shards) as usize
+}
+
 impl Default for ShardState {
     fn default() -> Self {
         Self::new()
@@ -577,8 +649,13 @@ impl Default for ShardState {
 
 impl ShardState {
     pub fn new() -> Self {
+        Self::with_capacity(0)
+    }
+
+    /// A shard state with `slots` connection slots reserved.
+    pub fn with_capacity(slots: usize) -> Self {
         ShardState {
-            conns: Slab::new(),
+            conns: Slab::with_capacity(slots),
             channels: HashMap::new(),
             dirty: Vec::new(),
             subscriptions: 0,
@@ -653,15 +730,11 @@ impl ShardState {
                     if d.offset == 0 {
                         true
                     } else {
-                        live.push(j.key);
+                        push_small(live, j.key);
                         false
                     }
                 }
             });
-            if subs.joining.is_empty() {
-                // Give the allocation back: most channels (a user's own) rarely see a join.
-                subs.joining = Vec::new();
-            }
         }
         self.deliveries += n;
         true
@@ -670,21 +743,23 @@ impl ShardState {
     /// Registers `key` as subscribing to `ch` (joining: live publications are held).
     /// Returns true when the channel is new on this shard.
     pub fn add_joining(&mut self, ch: &ChannelName, key: u32) -> bool {
-        let mut new = false;
-        let subs = self.channels.entry(ch.clone()).or_insert_with(|| {
-            new = true;
-            ChannelSubs::default()
-        });
-        if subs.joining.capacity() == 0 {
-            subs.joining.reserve_exact(1);
-        }
+        self.join(ch.clone(), key).1
+    }
+
+    /// `add_joining` that also returns the shard's own copy of the name: one allocation per
+    /// channel, for every subscriber's subscription list to share instead of one per subscribe.
+    pub fn join(&mut self, ch: ChannelName, key: u32) -> (ChannelName, bool) {
+        let (name, subs, new) = match self.channels.entry(ch) {
+            Entry::Occupied(o) => (o.key().clone(), o.into_mut(), false),
+            Entry::Vacant(v) => (v.key().clone(), v.insert(ChannelSubs::default()), true),
+        };
         subs.joining.push(Joining {
             key,
             after: None,
             held: Vec::new(),
         });
         self.subscriptions += 1;
-        new
+        (name, new)
     }
 
     /// Called right after the subscribe reply (covering the stream up to `after`) was queued:
@@ -693,10 +768,10 @@ impl ShardState {
         let Some(subs) = self.channels.get_mut(ch) else {
             return;
         };
-        let Some(i) = subs.joining.iter().position(|j| j.key == key) else {
+        let Some(i) = subs.joining.position(key) else {
             return;
         };
-        let j = &mut subs.joining[i];
+        let j = subs.joining.get_mut(i);
         j.after = Some(after);
         let held = std::mem::take(&mut j.held);
         if after == subs.last_offset {
@@ -704,10 +779,7 @@ impl ShardState {
             // publications reach it in offset order, and the last one here is `after`): the
             // connection goes live at once instead of waiting for the next publication.
             subs.joining.swap_remove(i);
-            if subs.joining.is_empty() {
-                subs.joining = Vec::new();
-            }
-            subs.subscribers.push(key);
+            push_small(&mut subs.subscribers, key);
         }
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
@@ -727,11 +799,8 @@ impl ShardState {
         };
         if let Some(i) = subs.subscribers.iter().position(|k| *k == key) {
             subs.subscribers.swap_remove(i);
-        } else if let Some(i) = subs.joining.iter().position(|j| j.key == key) {
+        } else if let Some(i) = subs.joining.position(key) {
             subs.joining.swap_remove(i);
-            if subs.joining.is_empty() {
-                subs.joining = Vec::new();
-            }
         }
         if subs.subscribers.is_empty() && subs.joining.is_empty() {
             self.channels.remove(ch);
@@ -746,5 +815,48 @@ impl ShardState {
     pub fn abort_subscribe(&mut self, ch: &ChannelName, key: u32) -> bool {
         self.subscriptions -= 1;
         self.remove_subscriber(ch, key)
+    }
+}
+
+/// Pushes with exact growth up to 4 elements, doubling beyond: most lists here (a personal
+/// channel's subscribers, a connection's subscriptions) stay at one or two entries, paid once per
+/// socket, where `Vec`'s first growth would reserve four.
+pub fn push_small<T>(v: &mut Vec<T>, x: T) {
+    if v.len() == v.capacity() && v.len() < 4 {
+        v.reserve_exact(1);
+    }
+    v.push(x);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every channel subscribed on a shard has an entry: the name (a pointer and a length) and
+    /// this (it was 56 bytes).
+    #[test]
+    fn a_channel_entry_stays_small() {
+        assert!(std::mem::size_of::<ChannelSubs>() <= 40);
+    }
+
+    #[test]
+    fn joining_lists_free_themselves() {
+        let mut l = JoiningList::default();
+        for key in [1, 2] {
+            l.push(Joining {
+                key,
+                after: None,
+                held: Vec::new(),
+            });
+        }
+        assert_eq!(l.position(2), Some(1));
+        l.swap_remove(0);
+        assert_eq!(l.position(2), Some(0));
+        l.retain_mut(|j| j.key != 2);
+        assert!(l.is_empty() && l.0.is_none());
+        let mut v = Vec::new();
+        push_small(&mut v, 1u32);
+        push_small(&mut v, 2);
+        assert_eq!(v.capacity(), 2);
     }
 }

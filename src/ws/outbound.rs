@@ -2,9 +2,11 @@
 //!
 //! Publications are queued by reference (one refcount increment, no copy), and everything queued
 //! since the last flush leaves in one vectored write — uWebSockets calls this *cork*. A queue that
-//! never held anything owns no heap memory; once used, an idle queue keeps at most a small slot
-//! array (≤ 8 slots, 128 bytes) so a connection that gets one publication at a time does not
-//! allocate per publication, and a burst's larger array is given back when the queue drains.
+//! never held anything owns no heap memory. A drained queue keeps at most a small slot array
+//! (≤ 8 slots) so a connection that gets one publication at a time does not allocate per
+//! publication, and a burst's larger array is given back when the queue drains; the small one is
+//! given back too once the queue took nothing for a whole tick of the shard's ticker
+//! ([`OutboundQueue::release_if_idle`]), so an idle socket holds no queue memory.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -15,7 +17,7 @@ use bytes::{Buf, Bytes};
 /// single call still carries tens of kilobytes of small frames).
 const MAX_IOV: usize = 64;
 
-/// Slots a drained queue may keep (16 bytes each).
+/// Slots a drained queue may keep (32 bytes each: a `Bytes`).
 const IDLE_SLOTS: usize = 8;
 
 #[derive(Default)]
@@ -24,6 +26,8 @@ pub struct OutboundQueue {
     bytes: usize,
     /// The front frame is partly written: it must be finished before anything else is sent.
     front_started: bool,
+    /// Something was queued since the last `release_if_idle`.
+    pushed: bool,
 }
 
 /// What a flush achieved.
@@ -38,7 +42,18 @@ pub enum Flushed {
 impl OutboundQueue {
     pub fn push(&mut self, frame: Bytes) {
         self.bytes += frame.len();
+        self.pushed = true;
         self.frames.push_back(frame);
+    }
+
+    /// Called once a second (the shard's ticker): a drained queue that took nothing since the
+    /// previous call gives its slot array back. A connection getting publications at least every
+    /// second or so keeps it and queues them without allocating; an idle one stops paying for it
+    /// (32 bytes a slot) one to two seconds after its last output.
+    pub fn release_if_idle(&mut self) {
+        if !std::mem::take(&mut self.pushed) && self.frames.is_empty() {
+            self.frames = VecDeque::new();
+        }
     }
 
     /// Queued bytes not yet written.
@@ -193,17 +208,34 @@ mod tests {
     #[test]
     fn idle_queues_keep_at_most_a_small_slot_array() {
         let q = OutboundQueue::default();
-        assert_eq!(q.frames.capacity(), 0, "an unused queue owns no heap memory");
+        assert_eq!(
+            q.frames.capacity(),
+            0,
+            "an unused queue owns no heap memory"
+        );
         let mut q = OutboundQueue::default();
         for _ in 0..1000 {
             q.push(Bytes::from_static(b"abc"));
         }
-        q.flush_with(|s| Ok(s.iter().map(|x| x.len()).sum())).unwrap();
+        q.flush_with(|s| Ok(s.iter().map(|x| x.len()).sum()))
+            .unwrap();
         assert!(q.is_empty());
         assert_eq!(q.frames.capacity(), 0, "a burst's capacity is given back");
         q.push(Bytes::from_static(b"abc"));
-        q.flush_with(|s| Ok(s.iter().map(|x| x.len()).sum())).unwrap();
+        q.flush_with(|s| Ok(s.iter().map(|x| x.len()).sum()))
+            .unwrap();
         assert!(q.frames.capacity() <= IDLE_SLOTS);
+        // The ticker: kept across a tick with output, given back after a tick without.
+        q.release_if_idle();
+        assert!(q.frames.capacity() > 0, "used in the last tick: kept");
+        q.release_if_idle();
+        assert_eq!(q.frames.capacity(), 0, "idle for a tick: given back");
+        // Never while frames wait.
+        q.push(Bytes::from_static(b"abc"));
+        q.release_if_idle();
+        q.release_if_idle();
+        assert_eq!(q.bytes(), 3);
+        assert!(q.frames.capacity() > 0);
     }
 
     #[test]
