@@ -117,6 +117,14 @@ loadtest: release
 fleet-bench: release
 	bash loadtest/fleet.sh
 
+## million: one million live sockets on this box: 55 release nodes (shards = 1, Redis Cluster unless
+##   MILLION_BROKER=memory), wsbench --procs over 127.0.0.0/8; ramp, hold, broadcast, notify, drain
+##   one node; JSON under target/million/ (loadtest/million.sh; MILLION_TARGET=50000 for a smoke run)
+.PHONY: million
+million:
+	$(CARGO) build --release -p ferrocast -p wsbench
+	bash loadtest/million.sh
+
 ## soak: long, ignored tests
 soak: build
 	$(CARGO) test --workspace -- --ignored --nocapture

@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
         wsbench notify -c 5000 -n 20000 --rate 2000\n  \
         wsbench chat -c 1000 --room-size 10 -n 20 --rate 500\n  \
         wsbench churn -c 2000 --churn-rate 50 --rate 100 --duration 30s\n  \
+        wsbench million -c 50000 --nodes 3 --procs 3 --hold 60s -n 10000 --drain-pid PID\n  \
         wsbench --raw -c 100 -n 1000 --echo -u ws://127.0.0.1:9001/"
 )]
 pub struct Cli {
@@ -48,6 +49,10 @@ pub enum Scenario {
     Chat,
     /// Broadcast traffic while --churn-rate sockets/s disconnect and reconnect with recovery
     Churn,
+    /// One population through every phase: ramp -c sockets (own token, `user:<id>` + one shared
+    /// channel) over --nodes, hold --hold, one broadcast to all, -n notifications to random
+    /// users, then SIGTERM --drain-pid and wait until its sockets are back on the other nodes
+    Million,
 }
 
 impl Scenario {
@@ -58,6 +63,7 @@ impl Scenario {
             Scenario::Notify => "notify",
             Scenario::Chat => "chat",
             Scenario::Churn => "churn",
+            Scenario::Million => "million",
         }
     }
 }
@@ -123,6 +129,14 @@ pub struct Opts {
     /// churn): the realistic idle client, one personal and one shared subscription
     #[arg(long, global = true, help_heading = "Target")]
     pub user_channel: bool,
+    /// A fleet of N nodes on consecutive ports from --url's port: socket s goes to node s mod N,
+    /// and the API of node k (when no --api-url) is http://HOST:PORT+k
+    #[arg(long, global = true, default_value_t = 1, help_heading = "Target")]
+    pub nodes: u16,
+    /// The nodes share no broker (memory broker each; million): publish a shared-channel
+    /// publication through every node's API and a notification through its user's node
+    #[arg(long, global = true, help_heading = "Target")]
+    pub api_fanout: bool,
     /// Allow a target outside loopback (only servers you operate)
     #[arg(long, global = true, help_heading = "Target")]
     pub allow_remote: bool,
@@ -182,6 +196,14 @@ pub struct Opts {
     /// Deadline for one socket's upgrade + connect + subscribe
     #[arg(long, global = true, value_parser = parse_duration, default_value = "10s", help_heading = "Load")]
     pub handshake_timeout: Duration,
+    /// An upgrade answered 503 with Retry-After is retried up to N times, after the delay it asks
+    /// for (times 1–2 for jitter, at most 30 s); retries are counted apart from failures
+    #[arg(long, global = true, default_value_t = 5, help_heading = "Load")]
+    pub retries: u32,
+    /// million: after the notifications, SIGTERM this node and wait (at most --drain) until the
+    /// sockets it closes are back on the other nodes
+    #[arg(long, global = true, value_name = "PID", help_heading = "Load")]
+    pub drain_pid: Option<u32>,
     /// Abort the whole run after this long (exit 3) [default: none]
     #[arg(long, global = true, value_parser = parse_duration, help_heading = "Load")]
     pub timeout: Option<Duration>,
@@ -303,6 +325,22 @@ mod tests {
         let c = Cli::parse_from(["wsbench", "--json", "churn", "--churn-rate", "5"]);
         assert!(c.opts.json);
         assert_eq!(c.scenario, Some(Scenario::Churn));
+        assert_eq!((c.opts.retries, c.opts.nodes), (5, 1));
+        let c = Cli::parse_from([
+            "wsbench",
+            "million",
+            "--nodes",
+            "55",
+            "--api-fanout",
+            "--drain-pid",
+            "42",
+            "--retries",
+            "0",
+        ]);
+        assert_eq!(c.scenario, Some(Scenario::Million));
+        assert_eq!(c.opts.nodes, 55);
+        assert!(c.opts.api_fanout);
+        assert_eq!((c.opts.drain_pid, c.opts.retries), (Some(42), 0));
     }
 
     #[test]

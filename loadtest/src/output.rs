@@ -30,6 +30,8 @@ pub struct Figures {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub raw: Option<RawFig>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub million: Option<MillionFig>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerFig>,
     pub client: ClientFig,
     /// Latency distribution: (bucket upper bound ms, count), log-spaced.
@@ -71,6 +73,9 @@ pub struct ConnFig {
     pub connected: u64,
     pub failed: u64,
     pub failures: BTreeMap<String, u64>,
+    /// Upgrades the node shed (503 + Retry-After) that were tried again after the delay: not
+    /// failures (a socket that ran out of --retries is a failure, `http_503`).
+    pub retries: u64,
     /// Sockets the node (or the network) closed, by close code or error.
     pub disconnects: BTreeMap<String, u64>,
     pub ramp_s: f64,
@@ -124,6 +129,70 @@ pub struct RawFig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rtt_ms: Option<Summary>,
     pub received_per_s: f64,
+}
+
+/// million: one population through the steps; times are Unix seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct MillionFig {
+    pub nodes: usize,
+    pub api_fanout: bool,
+    pub ramp_end_unix_s: f64,
+    pub hold_end_unix_s: f64,
+    /// Sockets open at the end of the hold (the broadcast's audience).
+    pub held: u64,
+    pub broadcast: MillionBroadcast,
+    pub notify: MillionNotify,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain: Option<MillionDrain>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MillionBroadcast {
+    pub published_unix_s: f64,
+    /// API requests made for it (one, or one per node with --api-fanout) and their failures.
+    pub api_requests: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    /// Publish → received, over every socket; `max_ms` is when the last socket had it.
+    pub latency_ms: Summary,
+    /// Publish → the parent saw every open socket with it (progress lines, 20 ms resolution).
+    pub all_received_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MillionNotify {
+    pub publications: u64,
+    pub published_ok: u64,
+    pub errors: BTreeMap<String, u64>,
+    pub publish_s: f64,
+    /// Notifications to users whose socket is connected: expected, arrived, lost.
+    pub expected: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    /// Notifications to users whose socket never connected.
+    pub to_unconnected: u64,
+    pub latency_ms: Summary,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct MillionDrain {
+    pub pid: u32,
+    pub signal_unix_s: f64,
+    /// Sockets the node closed with 4010, back on another node, given up.
+    pub closed: u64,
+    pub back: u64,
+    pub gave_up: u64,
+    pub open_before: u64,
+    pub open_after: u64,
+    pub node_exited: bool,
+    /// Node exited and every closed socket came back within --drain.
+    pub complete: bool,
+    /// SIGTERM → the last socket subscribed again elsewhere.
+    pub all_back_ms: f64,
+    /// Per socket: close received → subscribed on another node.
+    pub reconnect_ms: Summary,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -211,6 +280,7 @@ pub fn figures(plan: &Plan, g: &Gathered) -> (Figures, Histogram<u64>) {
         connected,
         failed,
         failures: failures.clone(),
+        retries: sum(|r| r.retries),
         disconnects: disconnects.clone(),
         ramp_s: g.ramp_s.unwrap_or(0.0),
         achieved_rate_per_s: per_s(connected, ramp_window),
@@ -287,6 +357,73 @@ pub fn figures(plan: &Plan, g: &Gathered) -> (Figures, Histogram<u64>) {
         received_per_s: per_s(sum(|r| r.received_raw), traffic_s),
     });
     let server = o.server_pid.map(|pid| server_fig(pid, g, deliveries));
+    let million = g.marks.million.as_ref().map(|m| {
+        let unix = |ns: u64| (ns as f64 / 1e6).round() / 1e3;
+        let ms_between = |a: u64, b: u64| {
+            if a > 0 && b >= a {
+                ((b - a) as f64 / 1e3).round() / 1e3
+            } else {
+                0.0
+            }
+        };
+        let expected_notify = sum(|r| r.expected_notify);
+        let lost_notify = sum(|r| r.lost_notify);
+        let bc = m.broadcast.as_ref();
+        let nt = m.notify.as_ref();
+        MillionFig {
+            nodes: plan.addrs.len(),
+            api_fanout: o.api_fanout,
+            ramp_end_unix_s: unix(m.ramp_end_ns),
+            hold_end_unix_s: unix(m.hold_end_ns),
+            held: m.open_at_hold,
+            broadcast: MillionBroadcast {
+                published_unix_s: unix(bc.map_or(0, |b| b.first_ns)),
+                api_requests: bc.map_or(0, |b| b.api_latency.len()),
+                errors: bc.map(|b| b.errors.clone()).unwrap_or_default(),
+                expected: sum(|r| r.expected).saturating_sub(expected_notify),
+                delivered: sum(|r| r.expected)
+                    .saturating_sub(expected_notify)
+                    .saturating_sub(lost.saturating_sub(lost_notify)),
+                lost: lost.saturating_sub(lost_notify),
+                latency_ms: stats::summarize(&latency),
+                all_received_ms: ms_between(bc.map_or(0, |b| b.first_ns), m.broadcast_done_ns),
+            },
+            notify: MillionNotify {
+                publications: nt.map_or(0, |n| n.attempted),
+                published_ok: nt.map_or(0, |n| n.ok),
+                errors: nt.map(|n| n.errors.clone()).unwrap_or_default(),
+                publish_s: nt.map_or(0.0, |n| ms_between(n.first_ns, n.last_ns) / 1e3),
+                expected: expected_notify,
+                delivered: expected_notify - lost_notify,
+                lost: lost_notify,
+                to_unconnected: nt
+                    .map_or(0, |n| n.attempted)
+                    .saturating_sub(expected_notify),
+                latency_ms: stats::summarize(&merged(g, |r| &r.hist_latency_notify)),
+            },
+            drain: m.drain_pid.filter(|_| m.drain_signal_ns > 0).map(|pid| {
+                let last_back = g
+                    .reports
+                    .iter()
+                    .map(|r| r.last_failover_ns)
+                    .max()
+                    .unwrap_or(0);
+                MillionDrain {
+                    pid,
+                    signal_unix_s: unix(m.drain_signal_ns),
+                    closed: sum(|r| r.drained),
+                    back: sum(|r| r.failovers),
+                    gave_up: sum(|r| r.failover_failed),
+                    open_before: m.open_before_drain,
+                    open_after: m.open_after_drain,
+                    node_exited: m.drain_node_exited,
+                    complete: m.drain_complete,
+                    all_back_ms: ms_between(m.drain_signal_ns, last_back),
+                    reconnect_ms: stats::summarize(&merged(g, |r| &r.hist_failover)),
+                }
+            }),
+        }
+    });
 
     // Checks.
     let mut problems: Vec<String> = g.worker_errors.clone();
@@ -308,6 +445,20 @@ pub fn figures(plan: &Plan, g: &Gathered) -> (Figures, Histogram<u64>) {
         }
         if t.subscribers == 0 {
             problems.push("no subscriber connected".into());
+        }
+    }
+    if let Some(m) = &million {
+        if let Some(d) = &m.drain {
+            if !d.complete {
+                problems.push(format!(
+                    "drain of node pid {}: {} of {} closed sockets back, node exited: {} (--drain {})",
+                    d.pid,
+                    d.back,
+                    d.closed,
+                    d.node_exited,
+                    humantime::format_duration(o.drain)
+                ));
+            }
         }
     }
     if let Some(max) = o.max_p99 {
@@ -357,7 +508,9 @@ pub fn figures(plan: &Plan, g: &Gathered) -> (Figures, Histogram<u64>) {
             channels: plan.channels.len() as u64,
             messages: o.messages,
             rate: o.rate,
-            flood: plan.kind.api_publishes() && o.rate.is_none() && plan.kind != Kind::Churn,
+            flood: plan.kind.api_publishes()
+                && o.rate.is_none()
+                && !matches!(plan.kind, Kind::Churn | Kind::Million),
             inflight: o.inflight,
             size: o.size,
             connect_rate: o.connect_rate,
@@ -372,6 +525,7 @@ pub fn figures(plan: &Plan, g: &Gathered) -> (Figures, Histogram<u64>) {
         traffic,
         churn,
         raw,
+        million,
         server,
         client: ClientFig {
             procs: plan.procs,
@@ -487,6 +641,11 @@ pub fn rows(f: &Figures) -> Vec<(&'static str, String, String)> {
     if !c.failures.is_empty() {
         add("connections", "failures by reason", map(&c.failures));
     }
+    add(
+        "connections",
+        "retried (503 + Retry-After)",
+        c.retries.to_string(),
+    );
     add("connections", "disconnects", map(&c.disconnects));
     add(
         "connections",
@@ -569,6 +728,57 @@ pub fn rows(f: &Figures) -> Vec<(&'static str, String, String)> {
         }
         if let Some(rtt) = &x.rtt_ms {
             add("raw", "echo rtt ms", ms(rtt));
+        }
+    }
+    if let Some(m) = &f.million {
+        add(
+            "million",
+            "held",
+            format!("{} sockets on {} node(s)", m.held, m.nodes),
+        );
+        let b = &m.broadcast;
+        add(
+            "million",
+            "broadcast",
+            format!(
+                "{} of {} delivered, {} lost{}; all had it after {} ms",
+                b.delivered,
+                b.expected,
+                b.lost,
+                if b.errors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (API errors: {})", map(&b.errors))
+                },
+                num(b.all_received_ms)
+            ),
+        );
+        add("million", "broadcast ms", ms(&b.latency_ms));
+        let n = &m.notify;
+        add(
+            "million",
+            "notify",
+            format!(
+                "{} published ({} ok), {} of {} delivered, {} lost, {} to unconnected users",
+                n.publications, n.published_ok, n.delivered, n.expected, n.lost, n.to_unconnected
+            ),
+        );
+        add("million", "notify ms", ms(&n.latency_ms));
+        if let Some(d) = &m.drain {
+            add(
+                "million",
+                "drain",
+                format!(
+                    "pid {}: {} closed, {} back, {} gave up; all back {} ms after SIGTERM{}",
+                    d.pid,
+                    d.closed,
+                    d.back,
+                    d.gave_up,
+                    num(d.all_back_ms),
+                    if d.complete { "" } else { " (INCOMPLETE)" }
+                ),
+            );
+            add("million", "drain reconnect ms", ms(&d.reconnect_ms));
         }
     }
     if let Some(s) = &f.server {

@@ -18,6 +18,8 @@ pub enum Kind {
     Notify,
     Chat,
     Churn,
+    /// Connect, hold, one broadcast, notifications, drain one node (one population throughout).
+    Million,
     /// `--raw`: no protocol, templated frames.
     Raw,
     /// `connect --raw`: upgrades only.
@@ -32,6 +34,7 @@ impl Kind {
             Kind::Notify => "notify",
             Kind::Chat => "chat",
             Kind::Churn => "churn",
+            Kind::Million => "million",
             Kind::Raw => "raw",
             Kind::RawConnect => "connect-raw",
         }
@@ -47,7 +50,10 @@ impl Kind {
 
     /// The parent publishes through the server API.
     pub fn api_publishes(self) -> bool {
-        matches!(self, Kind::Broadcast | Kind::Notify | Kind::Churn)
+        matches!(
+            self,
+            Kind::Broadcast | Kind::Notify | Kind::Churn | Kind::Million
+        )
     }
 
     /// The sockets send frames themselves.
@@ -60,8 +66,11 @@ pub struct Plan {
     pub kind: Kind,
     pub opts: Opts,
     pub url: Url,
+    /// Where sockets connect: node k of the fleet is `addrs[k]` (one entry per --nodes).
     pub addrs: Vec<SocketAddr>,
     pub api: Url,
+    /// `host:port` of every API publications may go through: --api-url, or node k's port.
+    pub api_authorities: Vec<String>,
     pub src: Vec<IpAddr>,
     pub sockets: u64,
     pub procs: u32,
@@ -93,6 +102,7 @@ impl Plan {
             (Some(Scenario::Notify), false) => Kind::Notify,
             (Some(Scenario::Chat), false) => Kind::Chat,
             (Some(Scenario::Churn), false) => Kind::Churn,
+            (Some(Scenario::Million), false) => Kind::Million,
         };
         if opts.connections == 0 {
             bail!("-c must be at least 1");
@@ -114,15 +124,43 @@ impl Plan {
         if opts.user_channel && (opts.anonymous || kind.is_raw()) {
             bail!("--user-channel needs authenticated protocol sockets (not --anonymous or --raw)");
         }
+        if kind == Kind::Million && (opts.anonymous || opts.user.is_some()) {
+            bail!("million needs one authenticated user per socket (not --anonymous or --user)");
+        }
+        if (opts.api_fanout || opts.drain_pid.is_some()) && kind != Kind::Million {
+            bail!("--api-fanout and --drain-pid belong to the million scenario");
+        }
+        if opts.nodes == 0 {
+            bail!("--nodes must be at least 1");
+        }
         let url = Url::parse(&opts.url)?;
         if url.scheme != "ws" {
             bail!("--url must be ws://");
         }
-        let addrs = url.resolve(opts.allow_remote).await?;
+        let mut addrs = url.resolve(opts.allow_remote).await?;
+        if opts.nodes > 1 {
+            let first = addrs[0];
+            if u32::from(first.port()) + u32::from(opts.nodes) - 1 > u32::from(u16::MAX) {
+                bail!("--nodes {}: ports past 65535", opts.nodes);
+            }
+            addrs = (0..opts.nodes)
+                .map(|k| SocketAddr::new(first.ip(), first.port() + k))
+                .collect();
+        }
         let api = match &opts.api_url {
             Some(a) => Url::parse(a)?,
             None => Url::parse(&url.api_base())?,
         };
+        let api_authorities = if opts.api_url.is_none() && opts.nodes > 1 {
+            (0..opts.nodes)
+                .map(|k| format!("{}:{}", url.host, url.port + k))
+                .collect()
+        } else {
+            vec![api.authority.clone()]
+        };
+        if opts.api_fanout && api_authorities.len() != addrs.len() {
+            bail!("--api-fanout publishes through each node's own port: leave out --api-url");
+        }
         if kind.api_publishes() {
             api.resolve(opts.allow_remote).await?;
         }
@@ -132,6 +170,9 @@ impl Plan {
         };
         let n = opts.connections;
         let channels: Vec<String> = match kind {
+            // million: the one shared channel; personal channels are named on the fly (a
+            // million names in every worker would cost more than the sockets).
+            Kind::Million => vec![format!("{}-0", opts.channel)],
             Kind::Connect | Kind::Broadcast | Kind::Churn => (0..opts.channels)
                 .map(|i| format!("{}-{i}", opts.channel))
                 .collect(),
@@ -160,6 +201,8 @@ impl Plan {
                 let r = opts.rate.unwrap_or(100.0);
                 (r * duration.unwrap_or(10.0)).ceil() as u64
             }
+            // One broadcast, then -n notifications.
+            Kind::Million => 1 + opts.messages,
             _ => 0,
         };
         let (socket_messages, socket_interval) = match kind {
@@ -189,6 +232,7 @@ impl Plan {
             url,
             addrs,
             api,
+            api_authorities,
             src,
             sockets: n,
             procs: opts.procs,
@@ -218,8 +262,13 @@ impl Plan {
     /// The second channel socket `s` subscribes to: its personal channel with `--user-channel`
     /// (notify's sockets are on theirs already).
     pub fn extra_channel_of(&self, s: u64) -> Option<String> {
-        (self.opts.user_channel && self.kind != Kind::Notify)
-            .then(|| format!("user:{}", self.user_of(s)))
+        ((self.opts.user_channel || self.kind == Kind::Million) && self.kind != Kind::Notify)
+            .then(|| self.user_channel_of(s))
+    }
+
+    /// Socket `s`'s personal channel.
+    pub fn user_channel_of(&self, s: u64) -> String {
+        format!("user:{}", self.user_of(s))
     }
 
     /// The publisher index of socket `s` within its channel (chat members), else 0.
@@ -254,7 +303,12 @@ impl Plan {
     }
 
     pub fn addr_of(&self, s: u64) -> SocketAddr {
-        self.addrs[(s % self.addrs.len() as u64) as usize]
+        self.addrs[self.node_of(s)]
+    }
+
+    /// The node socket `s` first connects to.
+    pub fn node_of(&self, s: u64) -> usize {
+        (s % self.addrs.len() as u64) as usize
     }
 
     pub fn src_of(&self, s: u64) -> Option<IpAddr> {
@@ -273,6 +327,7 @@ impl Plan {
                 self.api_publications * self.sockets / self.publication_channels()
             }
             Kind::Notify => self.api_publications * self.sockets / self.publication_channels(),
+            Kind::Million => self.sockets + self.opts.messages,
             Kind::Chat => self.sockets * self.socket_messages * self.room_size,
             Kind::Raw if self.opts.echo => self.sockets * self.socket_messages,
             _ => 0,
@@ -280,10 +335,12 @@ impl Plan {
     }
 
     pub fn hold(&self) -> Duration {
-        self.opts.hold.unwrap_or(if self.kind.is_connect() {
-            Duration::from_secs(10)
-        } else {
-            Duration::ZERO
-        })
+        self.opts
+            .hold
+            .unwrap_or(if self.kind.is_connect() || self.kind == Kind::Million {
+                Duration::from_secs(10)
+            } else {
+                Duration::ZERO
+            })
     }
 }

@@ -1,7 +1,7 @@
 //! The backend's side of the load: publications through the server API (`POST /api/publish`),
 //! at a fixed rate or flooding with a bound on publications not yet delivered.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ pub struct PubProgress {
 }
 
 /// What the publisher did.
+#[derive(Debug, Clone)]
 pub struct PublishOutcome {
     pub attempted: u64,
     pub ok: u64,
@@ -50,7 +51,8 @@ struct Acc {
 #[derive(Clone)]
 pub struct Api {
     client: Client<HttpConnector, Full<Bytes>>,
-    publish_uri: hyper::Uri,
+    /// `POST /api/publish` of each API (`plan.api_authorities`); the first is the default.
+    publish_uris: Vec<hyper::Uri>,
     auth: String,
 }
 
@@ -61,20 +63,36 @@ impl Api {
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(plan.opts.inflight as usize)
             .build(connector);
-        let base = format!("http://{}", plan.api.authority);
-        let publish_uri = format!("{base}/api/publish")
-            .parse()
-            .with_context(|| format!("API URL {base}"))?;
+        let publish_uris = plan
+            .api_authorities
+            .iter()
+            .map(|a| {
+                format!("http://{a}/api/publish")
+                    .parse()
+                    .with_context(|| format!("API URL http://{a}"))
+            })
+            .collect::<Result<_>>()?;
         Ok(Api {
             client,
-            publish_uri,
+            publish_uris,
             auth: format!("apikey {}", plan.opts.api_key),
         })
     }
 
+    /// How many APIs there are to publish through.
+    pub fn len(&self) -> usize {
+        self.publish_uris.len()
+    }
+
     /// One publication; `Err` carries the failure reason.
     pub async fn publish(&self, body: String) -> Result<(), String> {
-        let req = hyper::Request::post(self.publish_uri.clone())
+        self.publish_via(0, body).await
+    }
+
+    /// One publication through API `k` (modulo the number of APIs).
+    pub async fn publish_via(&self, k: usize, body: String) -> Result<(), String> {
+        let uri = self.publish_uris[k % self.publish_uris.len()].clone();
+        let req = hyper::Request::post(uri)
             .header("authorization", &self.auth)
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
@@ -207,4 +225,140 @@ pub async fn run(
         last_ns: stats::now_ns(),
         counts,
     })
+}
+
+/// million, step 1: one publication to the shared channel (source 0, seq 0), through every
+/// node's API with --api-fanout (no shared broker: each node reaches its own sockets), else
+/// through the first API (the broker carries it to every node).
+pub async fn million_broadcast(plan: &Plan, progress: &PubProgress) -> Result<PublishOutcome> {
+    let api = Api::new(plan)?;
+    let targets = if plan.opts.api_fanout { api.len() } else { 1 };
+    let marker = Marker {
+        run: plan.run_id,
+        src: 0,
+        seq: 0,
+        ts: stats::now_ns(),
+    };
+    let body = proto::api_publish_body(&plan.channels[0], &proto::marker_data(&marker, plan.pad));
+    let first_ns = marker.ts;
+    let mut set = tokio::task::JoinSet::new();
+    for k in 0..targets {
+        let (api, body) = (api.clone(), body.clone());
+        set.spawn(async move {
+            let t0 = Instant::now();
+            (
+                api.publish_via(k, body).await,
+                t0.elapsed().as_micros() as u64,
+            )
+        });
+    }
+    progress.attempted.fetch_add(1, Relaxed);
+    let mut errors = BTreeMap::new();
+    let mut hist = stats::new_hist();
+    while let Some(r) = set.join_next().await {
+        let (r, us) = r.context("publisher task")?;
+        stats::record(&mut hist, us);
+        if let Err(reason) = r {
+            *errors.entry(reason).or_default() += 1;
+        }
+    }
+    // Counted published once sent: a failed request still leaves its subscribers expecting it.
+    if errors.is_empty() {
+        progress.ok.fetch_add(1, Relaxed);
+    } else {
+        progress.errors.fetch_add(1, Relaxed);
+    }
+    Ok(PublishOutcome {
+        attempted: 1,
+        ok: errors.is_empty() as u64,
+        errors,
+        api_latency: hist,
+        first_ns,
+        last_ns: stats::now_ns(),
+        counts: vec![vec![1]],
+    })
+}
+
+/// million, step 2: -n notifications to users drawn at random, each on `user:<id>` with source
+/// `NOTIFY_SRC` and a per-user seq, at --rate (else at most --inflight requests at a time);
+/// through the user's own node with --api-fanout, else round-robin over the APIs. Returns what
+/// was published and, per socket, how many notifications its user was sent.
+pub async fn million_notify(
+    plan: &Plan,
+    progress: &Arc<PubProgress>,
+) -> Result<(PublishOutcome, HashMap<u64, u64>)> {
+    let api = Api::new(plan)?;
+    let total = plan.opts.messages;
+    let window = plan.opts.inflight.max(1);
+    let sem = Arc::new(Semaphore::new(window as usize));
+    let acc = Arc::new(Mutex::new(Acc {
+        errors: BTreeMap::new(),
+        hist: stats::new_hist(),
+    }));
+    let mut per_user: HashMap<u64, u64> = HashMap::new();
+    let mut rng = rand::rngs::StdRng::from_entropy();
+    let first_ns = stats::now_ns();
+    let start = Instant::now();
+    let ok_before = progress.ok.load(Relaxed);
+    let mut attempted = 0u64;
+    for k in 0..total {
+        if let Some(r) = plan.opts.rate {
+            tokio::time::sleep_until((start + Duration::from_secs_f64(k as f64 / r)).into()).await;
+        }
+        let permit = sem.clone().acquire_owned().await.expect("semaphore open");
+        let s = rng.gen_range(0..plan.sockets);
+        let seq = per_user.entry(s).or_default();
+        let marker = Marker {
+            run: plan.run_id,
+            src: crate::worker::NOTIFY_SRC,
+            seq: *seq,
+            ts: 0,
+        };
+        *seq += 1;
+        attempted += 1;
+        progress.attempted.fetch_add(1, Relaxed);
+        let via = if plan.opts.api_fanout {
+            plan.node_of(s)
+        } else {
+            k as usize
+        };
+        let channel = plan.user_channel_of(s);
+        let (api, acc, pad, counters) = (api.clone(), acc.clone(), plan.pad, progress.clone());
+        tokio::spawn(async move {
+            let marker = Marker {
+                ts: stats::now_ns(),
+                ..marker
+            };
+            let body = proto::api_publish_body(&channel, &proto::marker_data(&marker, pad));
+            let t0 = Instant::now();
+            let r = api.publish_via(via, body).await;
+            let us = t0.elapsed().as_micros() as u64;
+            let mut a = acc.lock().expect("publisher lock");
+            stats::record(&mut a.hist, us);
+            match r {
+                Ok(()) => {
+                    counters.ok.fetch_add(1, Relaxed);
+                }
+                Err(reason) => {
+                    counters.errors.fetch_add(1, Relaxed);
+                    *a.errors.entry(reason).or_default() += 1;
+                }
+            }
+            drop(permit);
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), sem.acquire_many(window as u32)).await;
+    let a = acc.lock().expect("publisher lock");
+    Ok((
+        PublishOutcome {
+            attempted,
+            ok: progress.ok.load(Relaxed) - ok_before,
+            errors: a.errors.clone(),
+            api_latency: a.hist.clone(),
+            first_ns,
+            last_ns: stats::now_ns(),
+            counts: Vec::new(),
+        },
+        per_user,
+    ))
 }

@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::plan::Plan;
+use crate::plan::{Kind, Plan};
 use crate::procfs;
 use crate::progress::{Display, Sums};
 use crate::publish::{self, PubProgress, PublishOutcome};
@@ -69,6 +69,30 @@ pub struct Marks {
     pub peak_rss_kib: u64,
     /// Sockets open at `held` (or `ramp_end`).
     pub sockets_at_sample: u64,
+    pub million: Option<MillionMarks>,
+}
+
+/// million: when each step happened (Unix nanos, 0 = not reached) and what the parent saw.
+#[derive(Debug, Default, Clone)]
+pub struct MillionMarks {
+    pub ramp_end_ns: u64,
+    pub hold_end_ns: u64,
+    /// Sockets open at the end of the hold: the broadcast's audience.
+    pub open_at_hold: u64,
+    pub broadcast: Option<PublishOutcome>,
+    /// Every socket open at the hold had a broadcast delivery (or --drain ran out).
+    pub broadcast_done_ns: u64,
+    pub notify: Option<PublishOutcome>,
+    /// Every worker reported its sockets complete (or --drain ran out).
+    pub delivered_ns: u64,
+    pub drain_pid: Option<u32>,
+    pub drain_signal_ns: u64,
+    pub drain_done_ns: u64,
+    pub open_before_drain: u64,
+    pub open_after_drain: u64,
+    /// The drained node exited and every socket it closed is back (or gave up) within --drain.
+    pub drain_complete: bool,
+    pub drain_node_exited: bool,
 }
 
 struct Link {
@@ -214,6 +238,8 @@ pub async fn worker_process(plan: Arc<Plan>, index: u32) -> Result<()> {
 /// Per-run state the phases update as events arrive.
 struct Collect {
     ready: usize,
+    /// million: workers whose sockets have everything.
+    delivered: usize,
     reports: Vec<Option<WorkerReport>>,
     errors: Vec<String>,
 }
@@ -222,6 +248,7 @@ impl Collect {
     fn apply(&mut self, (i, e): (u32, Event)) {
         match e {
             Event::Ready => self.ready += 1,
+            Event::Delivered => self.delivered += 1,
             Event::Report(r) => self.reports[i as usize] = Some(*r),
             Event::Failed(msg) => self.errors.push(msg),
             Event::Progress(_) => {}
@@ -268,6 +295,7 @@ pub async fn orchestrate(plan: Arc<Plan>) -> Result<Gathered> {
 
     let mut col = Collect {
         ready: 0,
+        delivered: 0,
         reports: vec![None; procs],
         errors: Vec::new(),
     };
@@ -422,6 +450,14 @@ async fn phases(
         for l in links {
             l.send(Ctl::Expected(Vec::new()));
         }
+    } else if kind == Kind::Million {
+        let m = million_steps(plan, links, lives, ev_rx, col, pub_progress, marks).await?;
+        let (b, n) = (m.broadcast.clone(), m.notify.clone());
+        *published = merge_outcomes(b, n);
+        marks.million = Some(m);
+        for l in links {
+            l.send(Ctl::Stop);
+        }
     } else if kind.api_publishes() {
         let lives2: Vec<Arc<Live>> = lives.to_vec();
         let delivered = move || {
@@ -456,6 +492,136 @@ async fn phases(
         next(col, ev_rx.recv().await)?;
     }
     Ok(())
+}
+
+fn apply(col: &mut Collect, e: Option<(u32, Event)>) -> Result<()> {
+    let e = e.ok_or_else(|| anyhow!("every worker went away"))?;
+    col.apply(e);
+    if let Some(msg) = col.errors.first() {
+        bail!("{msg}");
+    }
+    Ok(())
+}
+
+/// Handles worker events for at most `d` or until `done()`; whether `done()` came true.
+async fn pump(
+    ev_rx: &mut mpsc::UnboundedReceiver<(u32, Event)>,
+    col: &mut Collect,
+    d: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<bool> {
+    let until = tokio::time::Instant::now() + d;
+    loop {
+        if done() {
+            return Ok(true);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => return Ok(done()),
+            _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            e = ev_rx.recv() => apply(col, e)?,
+        }
+    }
+}
+
+/// A process that has exited (gone, or a zombie nobody reaped yet).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+/// million, after the ramp and `Go`: hold, one broadcast, the notifications, the expected
+/// counts to every worker, then (with --drain-pid) SIGTERM to that node until its sockets are
+/// back on the others.
+async fn million_steps(
+    plan: &Arc<Plan>,
+    links: &[Link],
+    lives: &[Arc<Live>],
+    ev_rx: &mut mpsc::UnboundedReceiver<(u32, Event)>,
+    col: &mut Collect,
+    pub_progress: &Arc<PubProgress>,
+    marks: &mut Marks,
+) -> Result<MillionMarks> {
+    let sum = |f: fn(&Live) -> u64| lives.iter().map(|l| f(l)).sum::<u64>();
+    let open = || sum(|l| l.open.load(Relaxed));
+    let now = crate::stats::now_ns;
+    let mut m = MillionMarks {
+        ramp_end_ns: marks.go_ns,
+        drain_pid: plan.opts.drain_pid,
+        ..MillionMarks::default()
+    };
+    pump(ev_rx, col, plan.hold(), || false).await?;
+    if let Some(p) = plan.opts.server_pid {
+        marks.held = procfs::sample(p);
+    }
+    m.hold_end_ns = now();
+    m.open_at_hold = open();
+    marks.sockets_at_sample = m.open_at_hold;
+
+    let b = publish::million_broadcast(plan, pub_progress).await?;
+    let before = sum(|l| l.deliveries.load(Relaxed));
+    let audience = m.open_at_hold;
+    pump(ev_rx, col, plan.opts.drain, || {
+        sum(|l| l.deliveries.load(Relaxed)) >= before + audience
+    })
+    .await?;
+    m.broadcast_done_ns = now();
+    let counts = b.counts.clone();
+    m.broadcast = Some(b);
+
+    let (n, per_user) = publish::million_notify(plan, pub_progress).await?;
+    m.notify = Some(n);
+    let mut per_worker: Vec<Vec<(u64, u64)>> = vec![Vec::new(); links.len()];
+    for (s, c) in per_user {
+        per_worker[plan.worker_of(s) as usize].push((s, c));
+    }
+    for (l, users) in links.iter().zip(per_worker) {
+        l.send(Ctl::ExpectedUsers(users));
+        l.send(Ctl::Expected(counts.clone()));
+    }
+    while col.delivered < links.len() {
+        apply(col, ev_rx.recv().await)?;
+    }
+    m.delivered_ns = now();
+
+    if let Some(pid) = plan.opts.drain_pid {
+        m.open_before_drain = open();
+        m.drain_signal_ns = now();
+        // SAFETY: kill(2) with a plain pid and signal number.
+        if unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) } != 0 {
+            bail!("--drain-pid {pid}: {}", std::io::Error::last_os_error());
+        }
+        m.drain_complete = pump(ev_rx, col, plan.opts.drain, || {
+            let drained = sum(|l| l.drained.load(Relaxed));
+            let settled =
+                sum(|l| l.failovers.load(Relaxed)) + sum(|l| l.failover_failed.load(Relaxed));
+            exited(pid) && drained > 0 && settled >= drained
+        })
+        .await?;
+        m.drain_done_ns = now();
+        m.drain_node_exited = exited(pid);
+        m.open_after_drain = open();
+    }
+    Ok(m)
+}
+
+/// The broadcast and the notifications as one publisher's outcome (for the traffic figures).
+fn merge_outcomes(a: Option<PublishOutcome>, b: Option<PublishOutcome>) -> Option<PublishOutcome> {
+    match (a, b) {
+        (Some(mut a), Some(b)) => {
+            a.attempted += b.attempted;
+            a.ok += b.ok;
+            crate::stats::merge_reasons(&mut a.errors, &b.errors);
+            crate::stats::merge_into(&mut a.api_latency, &b.api_latency);
+            a.last_ns = a.last_ns.max(b.last_ns);
+            Some(a)
+        }
+        (a, b) => a.or(b),
+    }
 }
 
 /// Progress output and the twice-a-second time series; returns (series, peak server RSS).

@@ -137,9 +137,16 @@ pub struct Live {
     /// Frames sent by sockets themselves (chat publishes, raw frames).
     pub sent: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Upgrades answered 503 + Retry-After and tried again (not failures).
+    pub retries: AtomicU64,
+    /// million: sockets the draining node closed (4010), back on another node, or given up.
+    pub drained: AtomicU64,
+    pub failovers: AtomicU64,
+    pub failover_failed: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct LiveSnapshot {
     pub open: u64,
     pub settled: u64,
@@ -147,6 +154,10 @@ pub struct LiveSnapshot {
     pub deliveries: u64,
     pub sent: u64,
     pub reconnects: u64,
+    pub retries: u64,
+    pub drained: u64,
+    pub failovers: u64,
+    pub failover_failed: u64,
 }
 
 impl Live {
@@ -158,6 +169,10 @@ impl Live {
             deliveries: self.deliveries.load(Relaxed),
             sent: self.sent.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            drained: self.drained.load(Relaxed),
+            failovers: self.failovers.load(Relaxed),
+            failover_failed: self.failover_failed.load(Relaxed),
         }
     }
 
@@ -168,11 +183,16 @@ impl Live {
         self.deliveries.store(s.deliveries, Relaxed);
         self.sent.store(s.sent, Relaxed);
         self.reconnects.store(s.reconnects, Relaxed);
+        self.retries.store(s.retries, Relaxed);
+        self.drained.store(s.drained, Relaxed);
+        self.failovers.store(s.failovers, Relaxed);
+        self.failover_failed.store(s.failover_failed, Relaxed);
     }
 }
 
 /// Everything one worker measured, as it travels to the parent (histograms base64 V2).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct WorkerReport {
     pub sockets: u64,
     pub connected: u64,
@@ -204,6 +224,20 @@ pub struct WorkerReport {
     pub recovered: u64,
     pub recover_failed: u64,
     pub cpu_s: f64,
+    /// Upgrades answered 503 + Retry-After that were tried again.
+    pub retries: u64,
+    /// million: the notifications (source 1 on `user:<id>`) apart from the broadcast.
+    pub hist_latency_notify: String,
+    pub expected_notify: u64,
+    pub deliveries_notify: u64,
+    pub lost_notify: u64,
+    /// million: sockets closed by the draining node, back on another node, given up; the
+    /// close → subscribed-elsewhere time, and when the last one came back.
+    pub drained: u64,
+    pub failovers: u64,
+    pub failover_failed: u64,
+    pub hist_failover: String,
+    pub last_failover_ns: u64,
 }
 
 /// CPU seconds (user + system) this process has used.

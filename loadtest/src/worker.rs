@@ -4,7 +4,7 @@
 //! A socket task owns its connection and its bookkeeping outright; the only shared state it
 //! touches per delivery is a sharded latency histogram and a few relaxed counters.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -31,6 +31,9 @@ pub enum Ctl {
     Go,
     /// The API publisher is done; publications made per channel and source. Drain, then stop.
     Expected(Vec<Vec<u64>>),
+    /// million, before `Expected`: notifications made to this worker's sockets (socket, count),
+    /// source 1 on each socket's `user:<id>`.
+    ExpectedUsers(Vec<(u64, u64)>),
     /// Stop now (timeout, interrupt).
     Stop,
 }
@@ -41,6 +44,8 @@ pub enum Ctl {
 pub enum Event {
     Progress(stats::LiveSnapshot),
     Ready,
+    /// million: every socket has what it expects (or --drain ran out); the sockets stay open.
+    Delivered,
     Report(Box<WorkerReport>),
     Failed(String),
 }
@@ -70,6 +75,25 @@ struct Totals {
     bytes_in: u64,
     recovered: u64,
     recover_failed: u64,
+    expected_notify: u64,
+    lost_notify: u64,
+}
+
+/// The close code a draining ferrocast node sends: "shutdown, reconnect elsewhere".
+const CLOSE_SHUTDOWN: u16 = 4010;
+/// Nodes a socket closed by a drain tries before it gives up.
+const FAILOVER_ATTEMPTS: u32 = 5;
+/// The longest wait a Retry-After can impose on one retry, and the shortest.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(30);
+const MIN_RETRY_WAIT: Duration = Duration::from_millis(100);
+
+/// The wait before retrying an upgrade refused with 503 + Retry-After: the delay asked for
+/// (within 100 ms – 30 s) times 1 + `jitter` (0..1), so a shed storm does not come back in
+/// lockstep and nobody comes back before the node asked.
+pub fn retry_delay(asked: Duration, jitter: f64) -> Duration {
+    let base = asked.clamp(MIN_RETRY_WAIT, MAX_RETRY_WAIT);
+    base.mul_f64(1.0 + jitter.clamp(0.0, 1.0))
+        .min(MAX_RETRY_WAIT)
 }
 
 struct Shared {
@@ -77,7 +101,13 @@ struct Shared {
     live: Arc<Live>,
     phase: watch::Receiver<Phase>,
     expected: OnceLock<Arc<Vec<Vec<u64>>>>,
+    /// million: notifications per socket of this worker.
+    expected_users: OnceLock<HashMap<u64, u64>>,
     latency: ShardedHist,
+    /// million: notification latency (`latency` then holds the broadcast's).
+    latency_notify: ShardedHist,
+    failover: Mutex<Histogram<u64>>,
+    last_failover_ns: AtomicU64,
     upgrade: Mutex<Histogram<u64>>,
     ready: Mutex<Histogram<u64>>,
     reconnect: Mutex<Histogram<u64>>,
@@ -111,7 +141,11 @@ pub async fn run_worker(
         live,
         phase: phase_rx,
         expected: OnceLock::new(),
+        expected_users: OnceLock::new(),
         latency: ShardedHist::new(threads * 8),
+        latency_notify: ShardedHist::new(threads),
+        failover: Mutex::new(stats::new_hist()),
+        last_failover_ns: AtomicU64::new(0),
         upgrade: Mutex::new(stats::new_hist()),
         ready: Mutex::new(stats::new_hist()),
         reconnect: Mutex::new(stats::new_hist()),
@@ -190,6 +224,7 @@ async fn drive(
             m = ctl.recv() => match m {
                 Some(Ctl::Go) => {}
                 Some(Ctl::Expected(e)) => early_expected = Some(e),
+                Some(Ctl::ExpectedUsers(u)) => set_users(sh, u),
                 Some(Ctl::Stop) | None => return true,
             }
         }
@@ -197,10 +232,11 @@ async fn drive(
     let _ = events.send(Event::Ready);
 
     // Wait for the parent's go (every worker is connected).
-    if early_expected.is_none() {
+    while early_expected.is_none() {
         match ctl.recv().await {
-            Some(Ctl::Go) => {}
+            Some(Ctl::Go) => break,
             Some(Ctl::Expected(e)) => early_expected = Some(e),
+            Some(Ctl::ExpectedUsers(u)) => set_users(sh, u),
             Some(Ctl::Stop) | None => return true,
         }
     }
@@ -228,6 +264,7 @@ async fn drive(
         loop {
             match ctl.recv().await {
                 Some(Ctl::Expected(e)) => break e,
+                Some(Ctl::ExpectedUsers(u)) => set_users(sh, u),
                 Some(Ctl::Go) => {}
                 Some(Ctl::Stop) | None => return true,
             }
@@ -261,7 +298,21 @@ async fn drive(
             }
         }
     }
+    if plan.kind == Kind::Million {
+        // The sockets stay up (and fail over when the parent drains a node) until Stop.
+        let _ = events.send(Event::Delivered);
+        loop {
+            match ctl.recv().await {
+                Some(Ctl::Stop) | None => return false,
+                _ => {}
+            }
+        }
+    }
     false
+}
+
+fn set_users(sh: &Shared, users: Vec<(u64, u64)>) {
+    let _ = sh.expected_users.set(users.into_iter().collect());
 }
 
 /// Chat: everyone in a room expects what every member of the room sent.
@@ -308,12 +359,24 @@ fn report(sh: &Shared, sockets: u64) -> WorkerReport {
         recovered: t.recovered,
         recover_failed: t.recover_failed,
         cpu_s: 0.0,
+        retries: live.retries,
+        hist_latency_notify: stats::encode_hist(&sh.latency_notify.merged()),
+        expected_notify: t.expected_notify,
+        deliveries_notify: t.expected_notify - t.lost_notify,
+        lost_notify: t.lost_notify,
+        drained: live.drained,
+        failovers: live.failovers,
+        failover_failed: live.failover_failed,
+        hist_failover: stats::encode_hist(&sh.failover.lock().expect("hist")),
+        last_failover_ns: sh.last_failover_ns.load(Relaxed),
     }
 }
 
 /// One subscriber's bookkeeping.
 struct Sub {
     s: u64,
+    /// The node it is (or was last) connected to.
+    node: u32,
     channel: usize,
     member: u64,
     tracker: SeqTracker,
@@ -334,6 +397,7 @@ impl Sub {
     fn new(plan: &Plan, s: u64) -> Sub {
         Sub {
             s,
+            node: plan.node_of(s) as u32,
             channel: plan.channel_of(s),
             member: plan.member_of(s),
             tracker: SeqTracker::default(),
@@ -371,20 +435,34 @@ impl Sub {
         }
         if live {
             let now = stats::now_ns();
-            sh.latency.record(self.s, now.saturating_sub(m.ts) / 1000);
+            let hist = if sh.plan.kind == Kind::Million && m.src == NOTIFY_SRC {
+                &sh.latency_notify
+            } else {
+                &sh.latency
+            };
+            hist.record(self.s, now.saturating_sub(m.ts) / 1000);
             stats::fetch_max(&sh.last_delivery_ns, now);
         } else {
             self.recovered += 1;
         }
     }
 
-    fn expected_total(&self, expected: &[Vec<u64>]) -> u64 {
-        expected.get(self.channel).map_or(0, |v| v.iter().sum())
+    fn expected_total(&self, sh: &Shared, expected: &[Vec<u64>]) -> u64 {
+        expected.get(self.channel).map_or(0, |v| v.iter().sum()) + self.expected_notify(sh)
+    }
+
+    /// million: notifications published to this socket's user.
+    fn expected_notify(&self, sh: &Shared) -> u64 {
+        sh.expected_users
+            .get()
+            .and_then(|m| m.get(&self.s))
+            .copied()
+            .unwrap_or(0)
     }
 
     fn has_everything(&self, sh: &Shared) -> bool {
         match sh.expected.get() {
-            Some(e) => self.tracker.unique() >= self.expected_total(e),
+            Some(e) => self.tracker.unique() >= self.expected_total(sh, e),
             None => false,
         }
     }
@@ -410,7 +488,12 @@ impl Sub {
             }
             None => (0, 0),
         };
+        let notify = self.expected_notify(sh);
+        let lost_notify = self.tracker.missing(NOTIFY_SRC, notify);
+        let (expected, lost) = (expected + notify, lost + lost_notify);
         let mut t = sh.totals.lock().expect("totals lock");
+        t.expected_notify += notify;
+        t.lost_notify += lost_notify;
         t.subscribers += 1;
         t.deliveries += self.deliveries;
         t.unique += self.tracker.unique();
@@ -429,12 +512,63 @@ impl Sub {
 /// Why a socket could not be established or stopped; the key failures are grouped by.
 type Reason = String;
 
+/// million: the source number notifications carry (the broadcast is source 0).
+pub const NOTIFY_SRC: u64 = 1;
+
+/// A failed attempt, and the delay the node asked for when it shed the upgrade (503 +
+/// Retry-After): such an attempt is tried again, not counted as a failure.
+struct Refusal {
+    reason: Reason,
+    retry_after: Option<Duration>,
+}
+
+impl From<Reason> for Refusal {
+    fn from(reason: Reason) -> Self {
+        Refusal {
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+impl From<ws::ConnectError> for Refusal {
+    fn from(e: ws::ConnectError) -> Self {
+        Refusal {
+            reason: e.reason(),
+            retry_after: e.retry_after(),
+        }
+    }
+}
+
+/// Runs `attempt` under --handshake-timeout; a refusal with Retry-After is retried (at most
+/// --retries times, after `retry_delay`) and counted in `live.retries`.
+macro_rules! with_retries {
+    ($sh:expr, $attempt:expr) => {{
+        let mut tries = 0u32;
+        loop {
+            match timeout($sh.plan.opts.handshake_timeout, $attempt).await {
+                Err(_) => break Err::<_, Reason>("handshake_timeout".into()),
+                Ok(Ok(v)) => break Ok(v),
+                Ok(Err(Refusal {
+                    retry_after: Some(d),
+                    ..
+                })) if tries < $sh.plan.opts.retries => {
+                    tries += 1;
+                    $sh.live.retries.fetch_add(1, Relaxed);
+                    tokio::time::sleep(retry_delay(d, rand::random())).await;
+                }
+                Ok(Err(r)) => break Err(r.reason),
+            }
+        }
+    }};
+}
+
 fn elapsed_us(t: Instant) -> u64 {
     t.elapsed().as_micros() as u64
 }
 
 /// Upgrade, authenticate, subscribe (recovering from `sub.offset`/`sub.epoch` when `recover`).
-async fn establish(sh: &Shared, sub: &mut Sub, recover: bool) -> Result<(Conn, u64, u64), Reason> {
+async fn establish(sh: &Shared, sub: &mut Sub, recover: bool) -> Result<(Conn, u64, u64), Refusal> {
     let plan = &sh.plan;
     let s = sub.s;
     let t0 = Instant::now();
@@ -443,9 +577,8 @@ async fn establish(sh: &Shared, sub: &mut Sub, recover: bool) -> Result<(Conn, u
         (Some(t), true) => plan.url.path_with_query("token", t),
         _ => plan.url.path.clone(),
     };
-    let mut conn = ws::connect(plan.addr_of(s), plan.src_of(s), &plan.url.authority, &path)
-        .await
-        .map_err(|e| e.reason())?;
+    let addr = plan.addrs[sub.node as usize];
+    let mut conn = ws::connect(addr, plan.src_of(s), &plan.url.authority, &path).await?;
     let upgrade_us = elapsed_us(t0);
     if plan.opts.token_in_url && token.is_some() {
         wait_for(sh, &mut conn, sub, None, "connect").await?;
@@ -560,15 +693,15 @@ async fn protocol_socket(sh: Arc<Shared>, s: u64) {
     let mut phase = sh.phase.clone();
     let mut sub = Sub::new(&plan, s);
     stats::fetch_min(&sh.first_attempt_ns, stats::now_ns());
-    let est = timeout(plan.opts.handshake_timeout, establish(&sh, &mut sub, false)).await;
+    // Boxed: an idle socket's task then keeps no room for the handshake's state.
+    let est = Box::pin(establish_retrying(&sh, &mut sub, false)).await;
     let mut conn = match est {
-        Ok(Ok((conn, up, ready))) => {
+        Ok((conn, up, ready)) => {
             stats::record(&mut sh.upgrade.lock().expect("hist"), up);
             stats::record(&mut sh.ready.lock().expect("hist"), ready);
             conn
         }
-        Ok(Err(reason)) => return failed(&sh, reason),
-        Err(_) => return failed(&sh, "handshake_timeout".into()),
+        Err(reason) => return failed(&sh, reason),
     };
     sh.pending.fetch_add(1, Relaxed);
     sh.live.open.fetch_add(1, Relaxed);
@@ -584,6 +717,7 @@ async fn protocol_socket(sh: Arc<Shared>, s: u64) {
     let timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(timer);
     let mut alive = true;
+    let mut failover_due = false;
 
     loop {
         let cur = *phase.borrow_and_update();
@@ -641,6 +775,8 @@ async fn protocol_socket(sh: Arc<Shared>, s: u64) {
                         sh.disconnects.add("pong_write_failed");
                     }
                 }
+                // A draining node: come back on another one (below, once this one is closed).
+                Ok(Message::Close(Some(CLOSE_SHUTDOWN))) if plan.kind == Kind::Million => failover_due = true,
                 Ok(Message::Close(code)) => {
                     alive = false;
                     sh.disconnects.add(format!("close_{}", code.map_or("none".into(), |c| c.to_string())));
@@ -671,7 +807,7 @@ async fn protocol_socket(sh: Arc<Shared>, s: u64) {
                 }
                 if churn_at.is_some_and(|t| t <= now) && cur == Phase::Go {
                     churn_at = None;
-                    match reconnect(&sh, &mut sub, &mut conn).await {
+                    match Box::pin(reconnect(&sh, &mut sub, &mut conn)).await {
                         Ok(()) => {}
                         Err(reason) => {
                             sh.failures.add(format!("reconnect_{reason}"));
@@ -680,6 +816,21 @@ async fn protocol_socket(sh: Arc<Shared>, s: u64) {
                             sh.live.open.fetch_add(1, Relaxed);
                         }
                     }
+                }
+            }
+        }
+        if failover_due {
+            failover_due = false;
+            // The old descriptor goes before the new one opens: a worker near its descriptor
+            // limit fails over hundreds of sockets at once.
+            conn.close(1000).await;
+            drop(conn);
+            // Boxed, like the first handshake.
+            match Box::pin(failover(&sh, &mut sub)).await {
+                Ok(c) => conn = c,
+                Err(reason) => {
+                    sh.disconnects.add(format!("failover_{reason}"));
+                    return socket_done(&sh, sub, phase, sender_done).await;
                 }
             }
         }
@@ -692,17 +843,27 @@ async fn protocol_socket(sh: Arc<Shared>, s: u64) {
     }
     sh.live.open.fetch_sub(1, Relaxed);
     drop(conn);
+    socket_done(&sh, sub, phase, sender_done).await;
+}
+
+/// A protocol socket's end (its connection already closed and off the open count).
+async fn socket_done(
+    sh: &Shared,
+    mut sub: Sub,
+    mut phase: watch::Receiver<Phase>,
+    sender_done: bool,
+) {
     if !sender_done {
         sh.senders_done.fetch_add(1, Relaxed);
     }
-    sub.finish(&sh);
+    sub.finish(sh);
     // A socket that died early still needs the expected counts to know what it lost.
     while *phase.borrow_and_update() < Phase::Drain {
         if phase.changed().await.is_err() {
             break;
         }
     }
-    sub.deposit(&sh);
+    sub.deposit(sh);
 }
 
 /// Exponential lifetimes with mean N / churn-rate give churn-rate reconnects per second overall.
@@ -723,17 +884,55 @@ async fn reconnect(sh: &Shared, sub: &mut Sub, conn: &mut Conn) -> Result<(), Re
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         let t0 = Instant::now();
-        match timeout(sh.plan.opts.handshake_timeout, establish(sh, sub, true)).await {
-            Ok(Ok((c, _, _))) => {
+        match establish_retrying(sh, sub, true).await {
+            Ok((c, _, _)) => {
                 *conn = c;
                 stats::record(&mut sh.reconnect.lock().expect("hist"), elapsed_us(t0));
                 sh.live.open.fetch_add(1, Relaxed);
                 return Ok(());
             }
-            Ok(Err(r)) => last = r,
-            Err(_) => last = "handshake_timeout".into(),
+            Err(r) => last = r,
         }
     }
+    Err(last)
+}
+
+/// `establish` under --handshake-timeout, retrying sheds (503 + Retry-After).
+async fn establish_retrying(
+    sh: &Shared,
+    sub: &mut Sub,
+    recover: bool,
+) -> Result<(Conn, u64, u64), Reason> {
+    with_retries!(sh, establish(sh, sub, recover))
+}
+
+/// million: the node closed the socket with 4010 (draining; the caller closed its side). Connect,
+/// authenticate and subscribe on another node, chosen at random so the drained node's sockets
+/// spread evenly; a node that refuses is followed by another, at most `FAILOVER_ATTEMPTS`.
+async fn failover(sh: &Shared, sub: &mut Sub) -> Result<Conn, Reason> {
+    let t0 = Instant::now();
+    sh.live.open.fetch_sub(1, Relaxed);
+    sh.live.drained.fetch_add(1, Relaxed);
+    let nodes = sh.plan.addrs.len() as u64;
+    let from = u64::from(sub.node);
+    let mut last = Reason::from("no_other_node");
+    for _ in 0..FAILOVER_ATTEMPTS {
+        if nodes < 2 {
+            break;
+        }
+        sub.node = ((from + 1 + rand::random::<u64>() % (nodes - 1)) % nodes) as u32;
+        match establish_retrying(sh, sub, false).await {
+            Ok((c, _, _)) => {
+                stats::record(&mut sh.failover.lock().expect("hist"), elapsed_us(t0));
+                stats::fetch_max(&sh.last_failover_ns, stats::now_ns());
+                sh.live.failovers.fetch_add(1, Relaxed);
+                sh.live.open.fetch_add(1, Relaxed);
+                return Ok(c);
+            }
+            Err(r) => last = r,
+        }
+    }
+    sh.live.failover_failed.fetch_add(1, Relaxed);
     Err(last)
 }
 
@@ -748,17 +947,21 @@ async fn raw_socket(sh: Arc<Shared>, s: u64) {
     let plan = sh.plan.clone();
     let mut phase = sh.phase.clone();
     stats::fetch_min(&sh.first_attempt_ns, stats::now_ns());
-    let t0 = Instant::now();
-    let connect = ws::connect(
-        plan.addr_of(s),
-        plan.src_of(s),
-        &plan.url.authority,
-        &plan.url.path,
-    );
-    let mut conn = match timeout(plan.opts.handshake_timeout, connect).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return failed(&sh, e.reason()),
-        Err(_) => return failed(&sh, "handshake_timeout".into()),
+    let mut t0 = Instant::now();
+    let connect = with_retries!(sh, async {
+        t0 = Instant::now();
+        ws::connect(
+            plan.addr_of(s),
+            plan.src_of(s),
+            &plan.url.authority,
+            &plan.url.path,
+        )
+        .await
+        .map_err(Refusal::from)
+    });
+    let mut conn = match connect {
+        Ok(c) => c,
+        Err(reason) => return failed(&sh, reason),
     };
     let us = elapsed_us(t0);
     stats::record(&mut sh.upgrade.lock().expect("hist"), us);
@@ -885,5 +1088,26 @@ async fn raw_socket(sh: Arc<Shared>, s: u64) {
         t.unique += received.min(sent);
         t.lost += lost;
         t.subscribers_with_loss += (lost > 0) as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_honours_the_ask_with_jitter_and_bounds() {
+        let s = Duration::from_secs;
+        assert_eq!(retry_delay(s(1), 0.0), s(1));
+        assert_eq!(retry_delay(s(1), 0.5), Duration::from_millis(1500));
+        assert_eq!(retry_delay(s(1), 1.0), s(2));
+        // Jitter outside 0..1 is clamped; never earlier than asked.
+        assert_eq!(retry_delay(s(1), 7.0), s(2));
+        assert_eq!(retry_delay(s(1), -1.0), s(1));
+        // "Retry-After: 0" or a past date: a short pause, not a hot loop.
+        assert_eq!(retry_delay(Duration::ZERO, 0.0), Duration::from_millis(100));
+        // Bounded whatever the node says.
+        assert_eq!(retry_delay(s(3600), 0.3), s(30));
+        assert_eq!(retry_delay(s(20), 1.0), s(30));
     }
 }

@@ -13,6 +13,7 @@ use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
@@ -150,7 +151,8 @@ pub fn accept_key(key: &str) -> String {
 pub enum ConnectError {
     Tcp(io::Error),
     Io(io::Error),
-    Status(u16),
+    /// A status other than 101, with the response's `Retry-After` when it had a valid one.
+    Status(u16, Option<Duration>),
     BadResponse(&'static str),
 }
 
@@ -159,10 +161,31 @@ impl ConnectError {
         match self {
             ConnectError::Tcp(e) => format!("tcp_{}", io_reason(e)),
             ConnectError::Io(e) => format!("upgrade_{}", io_reason(e)),
-            ConnectError::Status(s) => format!("http_{s}"),
+            ConnectError::Status(s, _) => format!("http_{s}"),
             ConnectError::BadResponse(r) => format!("upgrade_{r}"),
         }
     }
+
+    /// The delay a `503 Service Unavailable` asked for (`Retry-After`); `None` for anything
+    /// else, which is not retried.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ConnectError::Status(503, d) => *d,
+            _ => None,
+        }
+    }
+}
+
+/// `Retry-After` (RFC 9110 §10.2.3): delay-seconds (`120`) or an HTTP-date, relative to `now`
+/// (a date in the past is a zero delay). `None` when the value is neither.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly long values saturate; the caller caps the wait anyway.
+        return Some(Duration::from_secs(v.parse().unwrap_or(u64::MAX)));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 impl fmt::Display for ConnectError {
@@ -170,7 +193,7 @@ impl fmt::Display for ConnectError {
         match self {
             ConnectError::Tcp(e) => write!(f, "tcp connect: {e}"),
             ConnectError::Io(e) => write!(f, "upgrade: {e}"),
-            ConnectError::Status(s) => write!(f, "upgrade answered HTTP {s}"),
+            ConnectError::Status(s, _) => write!(f, "upgrade answered HTTP {s}"),
             ConnectError::BadResponse(r) => write!(f, "upgrade: {r}"),
         }
     }
@@ -306,7 +329,12 @@ pub fn check_response(head: &[u8], key: &str) -> Result<(), ConnectError> {
         .and_then(|s| s.parse().ok())
         .ok_or(ConnectError::BadResponse("bad_status_line"))?;
     if status != 101 {
-        return Err(ConnectError::Status(status));
+        let retry_after = lines.find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.trim().eq_ignore_ascii_case("retry-after"))
+                .and_then(|(_, v)| parse_retry_after(v, SystemTime::now()))
+        });
+        return Err(ConnectError::Status(status, retry_after));
     }
     let want = accept_key(key);
     let ok = lines.any(|l| {
@@ -567,14 +595,70 @@ mod tests {
                   Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
         assert!(check_response(ok.as_bytes(), key).is_ok());
         let denied = "HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\n\r\n";
+        let e = check_response(denied.as_bytes(), key).unwrap_err();
+        assert_eq!(e.reason(), "http_503");
+        assert_eq!(e.retry_after(), None, "no Retry-After: not retried");
+        // ferrocast's shedding answer, as the accept loop writes it.
+        let busy = "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+                    content-length: 66\r\nconnection: close\r\nretry-after: 1\r\n\r\n";
+        let e = check_response(busy.as_bytes(), key).unwrap_err();
+        assert_eq!(e.reason(), "http_503");
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(1)));
+        // Only a 503 is retried, whatever else says Retry-After.
+        let limited = "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\n\r\n";
+        let e = check_response(limited.as_bytes(), key).unwrap_err();
+        assert_eq!((e.reason().as_str(), e.retry_after()), ("http_429", None));
+        let garbled = "HTTP/1.1 503 Busy\r\nRetry-After: soon\r\n\r\n";
         assert_eq!(
-            check_response(denied.as_bytes(), key).unwrap_err().reason(),
-            "http_503"
+            check_response(garbled.as_bytes(), key)
+                .unwrap_err()
+                .retry_after(),
+            None
         );
         let wrong = "HTTP/1.1 101 OK\r\nSec-WebSocket-Accept: nope\r\n\r\n";
         assert_eq!(
             check_response(wrong.as_bytes(), key).unwrap_err().reason(),
             "upgrade_bad_accept"
         );
+    }
+
+    #[test]
+    fn parses_retry_after() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480); // 2015-10-21 07:28:00 GMT
+        assert_eq!(parse_retry_after("1", now), Some(Duration::from_secs(1)));
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(parse_retry_after("0", now), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", now),
+            Some(Duration::from_secs(u64::MAX))
+        );
+        // HTTP-date (IMF-fixdate, and the obsolete forms httpdate also reads).
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wednesday, 21-Oct-15 07:29:00 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        // In the past: retry at once.
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        for bad in [
+            "",
+            " ",
+            "-1",
+            "1.5",
+            "soon",
+            "1 s",
+            "Wed, 32 Oct 2015 07:28:00 GMT",
+        ] {
+            assert_eq!(parse_retry_after(bad, now), None, "{bad:?}");
+        }
     }
 }

@@ -260,3 +260,87 @@ fn rejected_publications_fail_the_run() {
     assert_eq!(status.code(), Some(1));
     assert_eq!(v["traffic"]["publish_errors"]["api_http_401"], 5, "{v:#}");
 }
+
+/// A node that sheds upgrades (503 + Retry-After, "too many handshakes") under a burst: wsbench
+/// comes back after the delay and every socket connects; the sheds are counted as retries, not
+/// failures. Without retries the same burst fails with http_503.
+#[test]
+fn shed_upgrades_are_retried_after_the_delay() {
+    let node = Node::start_with(&["limits.max_pending_handshakes=1"]);
+    let args = [
+        "connect",
+        "-c",
+        "200",
+        "--connect-rate",
+        "0",
+        "--hold",
+        "0.2s",
+    ];
+    let (status, v, err) = run(wsbench(&node, &args));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert_eq!(n(&v, "/connections/connected"), 200);
+    assert_eq!(n(&v, "/connections/failed"), 0);
+    assert!(n(&v, "/connections/retries") > 0, "no shed seen: {v:#}");
+
+    let mut no_retries = args.to_vec();
+    no_retries.extend(["--retries", "0"]);
+    let (status, v, _) = run(wsbench(&node, &no_retries));
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(n(&v, "/connections/retries"), 0);
+    assert!(n(&v, "/connections/failures/http_503") > 0, "{v:#}");
+}
+
+/// million on a fleet of two nodes with a memory broker each (--api-fanout): every socket gets
+/// the broadcast, every notification arrives, and when node 1 drains (--drain-pid) its sockets
+/// come back on node 0.
+#[test]
+fn million_steps_on_a_two_node_fleet() {
+    let nodes = Node::fleet(2, &[]);
+    let pid = nodes[1].pid().to_string();
+    let (status, v, err) = run(wsbench(
+        &nodes[0],
+        &[
+            "million",
+            "-c",
+            "40",
+            "--nodes",
+            "2",
+            "--procs",
+            "2",
+            "--api-fanout",
+            "--channel",
+            "room:m",
+            "--hold",
+            "0.2s",
+            "-n",
+            "30",
+            "--drain-pid",
+            &pid,
+            "--drain",
+            "15s",
+        ],
+    ));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode 0:\n{}\nnode 1:\n{}",
+        nodes[0].log(),
+        nodes[1].log()
+    );
+    assert_eq!(n(&v, "/million/held"), 40);
+    assert_eq!(n(&v, "/million/broadcast/expected"), 40);
+    assert_eq!(n(&v, "/million/broadcast/delivered"), 40);
+    assert_eq!(n(&v, "/million/broadcast/api_requests"), 2);
+    assert_eq!(n(&v, "/million/broadcast/latency_ms/count"), 40);
+    assert_eq!(n(&v, "/million/notify/publications"), 30);
+    assert_eq!(n(&v, "/million/notify/delivered"), 30);
+    assert_eq!(n(&v, "/million/notify/lost"), 0);
+    assert_eq!(n(&v, "/million/drain/closed"), 20);
+    assert_eq!(n(&v, "/million/drain/back"), 20);
+    assert_eq!(v["million"]["drain"]["complete"], true);
+    assert_eq!(n(&v, "/million/drain/open_after"), 40);
+    assert_eq!(n(&v, "/traffic/lost"), 0);
+}

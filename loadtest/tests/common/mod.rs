@@ -44,6 +44,13 @@ pub fn wsbench_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_wsbench"))
 }
 
+fn rand_port_offset() -> u16 {
+    (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos())
+        % 30_000) as u16
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -61,8 +68,32 @@ pub struct Node {
 
 impl Node {
     pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// A node with `--set KEY=VALUE` overrides on top of the test config.
+    pub fn start_with(sets: &[&str]) -> Node {
+        Node::start_on(free_port(), sets)
+    }
+
+    /// `n` nodes on consecutive public ports (a fleet for `--nodes n`), each on its own broker.
+    pub fn fleet(n: u16, sets: &[&str]) -> Vec<Node> {
+        for _ in 0..50 {
+            let base = 20_000 + rand_port_offset();
+            let free: Vec<_> = (0..n)
+                .map_while(|k| TcpListener::bind(("127.0.0.1", base + k)).ok())
+                .collect();
+            if free.len() == n as usize {
+                drop(free);
+                return (0..n).map(|k| Node::start_on(base + k, sets)).collect();
+            }
+        }
+        panic!("no {n} consecutive free ports");
+    }
+
+    fn start_on(public: u16, sets: &[&str]) -> Node {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (public, admin) = (free_port(), free_port());
+        let admin = free_port();
         let config = format!(
             r#"[listen]
 public = "127.0.0.1:{public}"
@@ -93,6 +124,7 @@ drain_seconds = 1
             .arg("serve")
             .arg("--config")
             .arg(&path)
+            .args(sets.iter().flat_map(|kv| ["--set", kv]))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
