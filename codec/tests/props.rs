@@ -12,39 +12,21 @@
 //!
 //! Sizes stay at a few KB and cases at 256 or fewer so the suite runs in about a second.
 
+mod common;
+
+use common::Got;
 use ferrocast_codec::decoder::Limits;
 use ferrocast_codec::frame::{
     encode_masked, OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT,
 };
 use ferrocast_codec::utf8::Utf8State;
-use ferrocast_codec::{DecodeError, Decoder, Flow, Item, Role};
+use ferrocast_codec::{DecodeError, Decoder, Flow, Role};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 
 // ---------------------------------------------------------------------------------------------
 // Harness
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Got {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<(u16, String)>),
-}
-
-impl From<Item<'_>> for Got {
-    fn from(item: Item<'_>) -> Self {
-        match item {
-            Item::Text(s) => Got::Text(s.to_owned()),
-            Item::Binary(b) => Got::Binary(b.to_vec()),
-            Item::Ping(b) => Got::Ping(b.to_vec()),
-            Item::Pong(b) => Got::Pong(b.to_vec()),
-            Item::Close(c) => Got::Close(c.map(|(code, r)| (code, r.to_owned()))),
-        }
-    }
-}
 
 /// What decoding a stream came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
