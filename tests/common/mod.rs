@@ -216,8 +216,11 @@ impl Server {
                 Ok(()) => return server,
                 Err(why) => {
                     last_log = format!("{why}\n--- server log ---\n{}", server.log());
-                    let in_use = last_log.to_lowercase().contains("address in use")
-                        || last_log.to_lowercase().contains("addrinuse");
+                    // "Address already in use (os error 98)" from the bind.
+                    let log = last_log.to_lowercase();
+                    let in_use = log.contains("already in use")
+                        || log.contains("address in use")
+                        || log.contains("addrinuse");
                     if !in_use {
                         break;
                     }
