@@ -100,8 +100,11 @@ impl Hub {
             published_at_us,
         });
         for tx in &self.shards {
-            if tx.send(ShardMsg::Deliver(d.clone())).is_ok() {
-                self.backlog.fetch_add(1, Ordering::Relaxed);
+            // Count before sending: the shard may take it (and count it down) before `send`
+            // returns, and a count that dipped below zero would read as an overloaded node.
+            self.backlog.fetch_add(1, Ordering::Relaxed);
+            if tx.send(ShardMsg::Deliver(d.clone())).is_err() {
+                self.backlog.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
