@@ -120,6 +120,10 @@ def unsubscribe(user: Any, channel: str) -> Call:
     return "unsubscribe", {"user": str(user), "channel": channel}
 
 
+def subscribe_user(user: Any, channel: str) -> Call:
+    return "subscribe", {"user": str(user), "channel": channel}
+
+
 def presence(channel: str) -> Call:
     return "presence", {"channel": channel}
 

@@ -78,6 +78,9 @@ class AsyncClient:
     async def unsubscribe(self, user: Any, channel: str) -> dict:
         return await self._call(*_api.unsubscribe(user, channel))
 
+    async def subscribe_user(self, user: Any, channel: str) -> dict:
+        return await self._call(*_api.subscribe_user(user, channel))
+
     async def presence(self, channel: str) -> dict:
         return await self._call(*_api.presence(channel))
 

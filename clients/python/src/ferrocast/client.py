@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import logging
 import os
 import socket
 import ssl
@@ -12,7 +13,9 @@ from datetime import datetime
 from typing import Any, Iterable, List, Optional
 
 from . import _api
-from .errors import NOT_AVAILABLE, FerrocastUnavailable
+from .errors import NOT_AVAILABLE, FerrocastError, FerrocastUnavailable
+
+log = logging.getLogger("ferrocast")
 
 # A reused keep-alive connection that the server had already closed fails with one of these
 # before any byte of an answer arrives: such a request is sent again once on a fresh connection.
@@ -85,6 +88,45 @@ class Client:
         """Schedules ``data`` for ``channel`` at ``when`` (timezone-aware): ``{"scheduled": id}``."""
         return self._call(*_api.publish(channel, data, when, idempotency_key))
 
+    def publish_on_commit(
+        self,
+        channel: str,
+        data: Any,
+        using: Optional[str] = None,
+        *,
+        deliver_at: Optional[_api.When] = None,
+        idempotency_key: Optional[str] = None,
+        robust: bool = False,
+    ) -> None:
+        """Publishes ``data`` to ``channel`` once the surrounding Django ``transaction.atomic()``
+        block of database ``using`` (default: ``"default"``) commits, through
+        ``django.db.transaction.on_commit``. Nothing is sent when it rolls back, including a
+        rolled-back inner ``atomic()`` (savepoint) inside a transaction that commits. Outside a
+        transaction (autocommit) it publishes at once, as ``on_commit`` runs its callback at once.
+
+        ``data`` is serialized now: a value that isn't JSON raises ``TypeError`` here, inside the
+        transaction, and changing ``data`` afterwards doesn't change what is sent.
+        ``deliver_at``/``idempotency_key`` are those of :meth:`publish`.
+
+        A failure to publish after the commit (node down, ...) raises from the commit, like any
+        ``on_commit`` callback, and the callbacks registered after it don't run; with
+        ``robust=True`` it is logged on the ``ferrocast`` logger (WARNING) and swallowed instead.
+        Needs Django (``RuntimeError`` otherwise). Returns ``None``: the answer comes later.
+        """
+        method, body = _api.publish(channel, data, deliver_at, idempotency_key)
+        payload = _api.encode(body)
+        on_commit = _django_on_commit()
+
+        def send() -> None:
+            try:
+                self._send(method, payload)
+            except FerrocastError as e:
+                if not robust:
+                    raise
+                log.warning("ferrocast: publish to %s after commit failed: %s", channel, e)
+
+        on_commit(send, using=using)
+
     def cancel(self, scheduled_id: str) -> dict:
         """Cancels a scheduled publication still waiting (the id ``publish_at`` returned).
         Raises ``FerrocastError`` (status 404, code 107) when it was delivered or is unknown."""
@@ -102,6 +144,14 @@ class Client:
     def unsubscribe(self, user: Any, channel: str) -> dict:
         """Unsubscribes every connection of ``user`` from ``channel``."""
         return self._call(*_api.unsubscribe(user, channel))
+
+    def subscribe_user(self, user: Any, channel: str) -> dict:
+        """Subscribes every live connection of ``user`` (on every node, WebSocket and SSE) to
+        ``channel``, whatever its token allows: the backend decides. Each connection gets a
+        ``{"channel", "subscribe": {"offset", "epoch"}}`` push. Returns ``{}``; raises
+        ``FerrocastError`` 102 for an unknown namespace. Connections opened later are not
+        subscribed: list such channels in the token's ``subs`` (``make_token(subs=...)``)."""
+        return self._call(*_api.subscribe_user(user, channel))
 
     def presence(self, channel: str) -> dict:
         """``{"clients": {client_id: {"user", "info"?}}}``."""
@@ -159,7 +209,9 @@ class Client:
             slot.conn = None
 
     def _call(self, method: str, body: dict) -> Any:
-        payload = _api.encode(body)
+        return self._send(method, _api.encode(body))
+
+    def _send(self, method: str, payload: bytes) -> Any:
         path = self.endpoint.path(method)
         hdrs = _api.headers(self.api_key, len(payload), self.endpoint)
         for attempt in range(2):
@@ -185,3 +237,14 @@ class Client:
                 self._drop()
             return _api.decode(resp.status, data, resp.getheader("Retry-After"))
         raise AssertionError("unreachable")
+
+
+def _django_on_commit():
+    try:
+        from django.db import transaction
+    except ImportError:
+        raise RuntimeError(
+            "publish_on_commit() needs Django (it hooks django.db.transaction.on_commit); "
+            "without Django, call publish() after your own commit"
+        ) from None
+    return transaction.on_commit

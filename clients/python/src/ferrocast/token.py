@@ -34,6 +34,7 @@ def make_token(
     channels: Optional[Iterable[str]] = None,
     info: Any = None,
     *,
+    subs: Optional[Iterable[str]] = None,
     now: Optional[float] = None,
 ) -> str:
     """Mints a client token the node accepts (``?token=`` or the ``connect`` command).
@@ -42,7 +43,9 @@ def make_token(
     ``ttl`` is the lifetime in seconds or a ``timedelta``; ``0`` or ``None`` gives a token
     without ``exp`` (it never expires). ``channels`` lists extra channels the token may subscribe
     to (private namespaces, other users' personal channels); ``info`` is any JSON value, shown
-    in presence.
+    in presence. ``subs`` lists channels the node subscribes the connection to itself when it
+    authenticates (server-side subscriptions: the client gets a ``subscribe`` push for each,
+    no ``subscribe`` command needed); they are permitted to it as well.
     """
     if not secret:
         raise ValueError("secret must not be empty")
@@ -54,6 +57,9 @@ def make_token(
     if channels is not None:
         chans = [channels] if isinstance(channels, str) else list(channels)
         claims["channels"] = [str(c) for c in chans]
+    if subs is not None:
+        chans = [subs] if isinstance(subs, str) else list(subs)
+        claims["subs"] = [str(c) for c in chans]
     if info is not None:
         claims["info"] = info
     header = {"alg": "HS256", "typ": "JWT"}
