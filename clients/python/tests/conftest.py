@@ -62,6 +62,12 @@ history_ttl = "1h"
 # no presence, no history: 108 for presence/presence_stats/history
 [namespaces.plain]
 publish = true
+
+# private: only channels the token lists (or that the backend subscribes it to)
+[namespaces.secret]
+private = true
+history_size = 4
+history_ttl = "10m"
 """
 
 
@@ -83,12 +89,12 @@ def find_binary() -> Path:
 
 
 class Node:
-    def __init__(self, binary: Path):
+    def __init__(self, binary: Path, extra_config: str = ""):
         self.public, self.admin = free_port(), free_port()
         self.dir = tempfile.mkdtemp(prefix="ferrocast-py-")
         self.config = Path(self.dir) / "ferrocast.toml"
         self.config.write_text(
-            CONFIG.format(public=self.public, admin=self.admin, secret=SECRET, api_key=API_KEY)
+            CONFIG.format(public=self.public, admin=self.admin, secret=SECRET, api_key=API_KEY) + extra_config
         )
         self.log = open(Path(self.dir) / "node.log", "wb")
         self.proc = subprocess.Popen(
@@ -180,12 +186,20 @@ def api(node, kind):
 class WS:
     """One real WebSocket client connection, authenticated with ?token=."""
 
-    def __init__(self, node: Node, user, **token_kw):
+    def __init__(self, node: Node, user, connect: dict = None, **token_kw):
+        """``connect``: authenticate with a ``connect`` command carrying these extra fields
+        (e.g. ``{"subs": {...}}`` to recover server-side subscriptions) instead of ``?token=``."""
         token = make_token(SECRET, user, **token_kw)
+        url = node.ws_url if connect is not None else f"{node.ws_url}?token={token}"
         # __enter__: websockets >= 17 wants connect() used as a context manager.
-        self.conn = ws_connect(f"{node.ws_url}?token={token}", open_timeout=5, close_timeout=1, max_size=None).__enter__()
+        self.conn = ws_connect(url, open_timeout=5, close_timeout=1, max_size=None).__enter__()
         self.next_id = 0
         self.backlog = []
+        if connect is not None:
+            self.next_id = 1
+            self.conn.send(json.dumps({"id": 1, "connect": {"token": token, **connect}}))
+            reply = self.recv(5)
+            assert reply.get("id") == 1 and "result" in reply, reply
         first = self.recv(5)
         assert "connected" in first, first
         self.client_id = first["connected"]["client"]

@@ -267,6 +267,76 @@ def test_unsubscribe_bad_channel(api):
     assert (e.value.code, e.value.status) == (107, 400)
 
 
+# -- server-side subscriptions --------------------------------------------------------------------
+
+
+def is_sub_push(ch):
+    return lambda f: f.get("channel") == ch and "subscribe" in f and "id" not in f
+
+
+def test_subscribe_user_subscribes_every_connection(api, ws):
+    user = uniq("ss")
+    ch = uniq("room:ss-")
+    phone, laptop = ws(user), ws(user)
+    other = ws(uniq("o"))
+    assert api.subscribe_user(user, ch) == {}
+    for c in (phone, laptop):
+        push = c.wait_for(is_sub_push(ch))["subscribe"]
+        assert push["offset"] == 0 and push["epoch"]
+        assert "recovered" not in push
+    res = api.publish(ch, {"after": "subscribe_user"})
+    for c in (phone, laptop):
+        assert c.publication(ch) == {"offset": res["offset"], "data": {"after": "subscribe_user"}}
+    with pytest.raises(TimeoutError):
+        other.publication(ch, timeout=0.3)
+    assert api.presence_stats(ch) == {"clients": 2, "users": 1}
+
+
+def test_subscribe_user_ignores_the_token_permissions(api, ws):
+    # `secret` is a private namespace: this token doesn't list the channel, the backend decides
+    user = uniq("priv")
+    ch = uniq("secret:s-")
+    c = ws(user)
+    refused = c.call("subscribe", {"channel": ch})
+    assert refused["error"]["code"] == 103, refused
+    api.subscribe_user(user, ch)
+    c.wait_for(is_sub_push(ch))
+    api.publish(ch, "for your eyes")
+    assert c.publication(ch)["data"] == "for your eyes"
+
+
+def test_subscribe_user_with_no_connection_and_errors(api):
+    assert api.subscribe_user(uniq("nobody"), uniq("room:x-")) == {}
+    assert api.subscribe_user(17, uniq("room:int-")) == {}  # int ids are sent as strings
+    with pytest.raises(FerrocastError) as e:
+        api.subscribe_user("17", "nosuchns:1")
+    assert (e.value.code, e.value.status) == (102, 400)
+    with pytest.raises(FerrocastError) as e:
+        api.subscribe_user("17", "room:bad name")
+    assert (e.value.code, e.value.status) == (107, 400)
+
+
+def test_token_subs_are_subscribed_at_connect(api, ws):
+    user = uniq("tsub")
+    mine, also = f"user:{user}", uniq("secret:t-")
+    api.publish(mine, {"n": 1})
+    c = ws(user, subs=[mine, also])
+    for ch, offset in ((mine, 1), (also, 0)):
+        push = c.wait_for(is_sub_push(ch))["subscribe"]
+        assert push["offset"] == offset and push["epoch"], push
+    api.publish(also, "subs are permitted")  # a private channel: `subs` grants it
+    assert c.publication(also)["data"] == "subs are permitted"
+    # a reconnect with `connect.subs` positions recovers what was missed
+    epoch = api.history(mine)["epoch"]
+    c.close()
+    api.publish(mine, {"n": 2})
+    back = ws(user, subs=[mine], connect={"subs": {mine: {"offset": 1, "epoch": epoch}}})
+    push = back.wait_for(is_sub_push(mine))["subscribe"]
+    assert push["recovered"] is True, push
+    assert [p["data"] for p in push["publications"]] == [{"n": 2}]
+    assert push["offset"] == 2
+
+
 # -- presence --------------------------------------------------------------------------------------
 
 

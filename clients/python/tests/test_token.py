@@ -32,6 +32,9 @@ def test_token_shape():
     assert decode_token(make_token("s", None))["sub"] == ""
     assert decode_token(make_token("s", 1, ttl=timedelta(minutes=2), now=10))["exp"] == 130
     assert decode_token(make_token("s", 1, channels="room:1"))["channels"] == ["room:1"]
+    assert decode_token(make_token("s", 1, subs=["user:1", "room:2"]))["subs"] == ["user:1", "room:2"]
+    assert decode_token(make_token("s", 1, subs="user:1"))["subs"] == ["user:1"]
+    assert "subs" not in decode_token(make_token("s", 1))
     with pytest.raises(ValueError):
         make_token("", 1)
     with pytest.raises(ValueError):
