@@ -8,6 +8,8 @@
 #
 # Environment (defaults): DJANGO_PORT (8000), FERROCAST_PORT (8180), FERROCAST_ADMIN_PORT (9190),
 # LOAN_SECONDS (60: a loan is due a minute after borrowing, so the overdue reminder shows up),
+# DIGEST_DELAY_SECONDS (20: a reader offline that long gets the digest e-mail of missed notices,
+# printed here by the console e-mail backend; send_digests runs every 5 s),
 # FERROCAST_BIN (the newest of target/release/ferrocast and target/debug/ferrocast; built
 # with cargo when neither exists), PYTHON (python3).
 set -euo pipefail
@@ -21,6 +23,7 @@ DJANGO_PORT="${DJANGO_PORT:-8000}"
 FERROCAST_PORT="${FERROCAST_PORT:-8180}"
 FERROCAST_ADMIN_PORT="${FERROCAST_ADMIN_PORT:-9190}"
 export LOAN_SECONDS="${LOAN_SECONDS:-60}"
+export DIGEST_DELAY_SECONDS="${DIGEST_DELAY_SECONDS:-20}"
 
 log() { printf '== %s\n' "$*" >&2; }
 
@@ -65,17 +68,23 @@ bin="$(find_ferrocast)"
 export FERROCAST_LISTEN__PUBLIC="127.0.0.1:$FERROCAST_PORT"
 export FERROCAST_LISTEN__ADMIN="127.0.0.1:$FERROCAST_ADMIN_PORT"
 export FERROCAST_API_URL="http://127.0.0.1:$FERROCAST_PORT"
+export FERROCAST_WEBHOOKS__URL="http://127.0.0.1:$DJANGO_PORT/ferrocast/webhook/"
 mkdir -p run
 log "ferrocast: $bin on :$FERROCAST_PORT (log: examples/django-library/run/ferrocast.log)"
 "$bin" serve --config ferrocast.toml >run/ferrocast.log 2>&1 &
 node_pid=$!
-trap 'kill "$node_pid" 2>/dev/null; wait "$node_pid" 2>/dev/null || true' EXIT INT TERM
+digest_pid=""
+trap 'kill $node_pid $digest_pid 2>/dev/null; wait $node_pid $digest_pid 2>/dev/null || true' EXIT INT TERM
 
 for _ in $(seq 100); do
   if .venv/bin/python -c "import urllib.request as u; u.urlopen('http://127.0.0.1:$FERROCAST_ADMIN_PORT/health/ready', timeout=1)" 2>/dev/null; then break; fi
   if ! kill -0 "$node_pid" 2>/dev/null; then cat run/ferrocast.log >&2; exit 1; fi
   sleep 0.1
 done
+
+# the digest e-mails (console backend: printed in this terminal)
+.venv/bin/python manage.py send_digests --every 5 &
+digest_pid=$!
 
 log "Django on http://127.0.0.1:$DJANGO_PORT — log in as alice/alice (and librarian/librarian in another browser); loans last ${LOAN_SECONDS}s"
 .venv/bin/python manage.py runserver "127.0.0.1:$DJANGO_PORT"

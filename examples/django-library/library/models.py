@@ -72,3 +72,66 @@ def availability():
     """{book_id: copies on the shelf} for every book."""
     rows = Book.objects.annotate(out=Count("loans", filter=Q(loans__returned_at__isnull=True)))
     return {str(b.id): max(0, b.copies - b.out) for b in rows}
+
+
+# -- what readers missed while offline (webhooks from the node + a digest e-mail) ------------------
+
+
+class Notice(models.Model):
+    """A notice on the reader's ``user:<id>`` channel, recorded in the transaction that caused it
+    (published after its commit with ``publish_on_commit``). ``at`` is when the reader gets it:
+    now, or the due time of an overdue reminder that the node delivers itself (``publish_at``).
+    The digest e-mail lists the ones that came while the reader was offline."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="notices")
+    kind = models.CharField(max_length=32)
+    text = models.CharField(max_length=300)
+    data = models.JSONField(default=dict)
+    at = models.DateTimeField(db_index=True)
+    # the loan of an overdue reminder (an early return deletes the reminder's notice)
+    loan = models.ForeignKey(Loan, null=True, blank=True, on_delete=models.CASCADE, related_name="notices")
+    digested_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.text}"
+
+
+class ReaderPresence(models.Model):
+    """Online or not, anywhere in the fleet, as the node's user_online/user_offline webhooks say.
+    ``changed_at`` is the time of the event that set it: an older event (a late retry) is ignored."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="presence")
+    online = models.BooleanField(default=False)
+    changed_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.user} {'online' if self.online else 'offline'} since {self.changed_at:%H:%M:%S}"
+
+
+class PendingDigest(models.Model):
+    """A reader who went offline: ``send_digests`` mails them the notices they missed since
+    ``offline_since``, once ``not_before`` has passed (``DIGEST_DELAY_SECONDS``: a reader who is
+    back by then sees them on the page). Deleted when the reader comes back online."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="pending_digest")
+    offline_since = models.DateTimeField()
+    not_before = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} offline since {self.offline_since:%H:%M:%S}"
+
+
+class WebhookEvent(models.Model):
+    """Ids of the webhook events handled: the node sends a batch again (same ids) until it gets a
+    2xx, so each event is acted on once. ``send_digests`` prunes the ones older than a day."""
+
+    id = models.CharField(max_length=100, primary_key=True)
+    name = models.CharField(max_length=32)
+    time = models.DateTimeField()
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.id}"

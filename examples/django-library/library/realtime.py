@@ -2,6 +2,10 @@
 (clients/python). The database stays the source of truth: a node that is down makes a
 notification go missing, never a borrow fail (errors are logged).
 
+Notices are recorded (``Notice``) in the transaction that causes them and published with
+``publish_on_commit``: a borrow that rolls back announces nothing. The recorded notices are what
+the digest e-mail lists when a reader missed them (library/digests.py).
+
 In a bigger deployment these functions are what you'd wrap in Celery tasks
 (``@shared_task def notify(...)``): they take plain ids and strings.
 
@@ -97,23 +101,45 @@ def token_for(user) -> dict:
 # -- publications ----------------------------------------------------------------------------------
 
 
-def notify(user_id: Any, kind: str, text: str, **extra: Any) -> Optional[dict]:
-    """A notice on every device of the user."""
+def notify(user_id: Any, kind: str, text: str, **extra: Any) -> "models.Notice":
+    """A notice on every device of the user, recorded now and published once the surrounding
+    transaction commits (at once outside one; nothing if it rolls back). A node that is down is
+    logged on the ``ferrocast`` logger (``robust=True``), it doesn't fail the request."""
     data = {"type": kind, "text": text, **extra}
-    return _safely("notify", client().publish, user_channel(user_id), data)
+    notice = models.Notice.objects.create(user_id=user_id, kind=kind, text=text, data=data, at=timezone.now())
+    client().publish_on_commit(user_channel(user_id), data, robust=True)
+    return notice
+
+
+def overdue_data(loan: "models.Loan") -> dict:
+    return {
+        "type": "overdue",
+        "text": f"《{loan.book.title}》 is due — please bring it back",
+        "loan": loan.id,
+        "book": loan.book_id,
+    }
+
+
+def record_overdue(loan: "models.Loan") -> None:
+    """The overdue reminder as a notice dated at the due time (the node delivers it then, see
+    ``schedule_overdue``), so that a reader offline at that time finds it in their digest."""
+    data = overdue_data(loan)
+    models.Notice.objects.create(user_id=loan.user_id, kind="overdue", text=data["text"], data=data,
+                                 at=loan.due_at, loan=loan)
+
+
+def drop_overdue(loan: "models.Loan") -> None:
+    """The book came back before its due time: its reminder won't be delivered, nor digested."""
+    loan.notices.filter(kind="overdue", at__gt=timezone.now()).delete()
 
 
 def schedule_overdue(loan: "models.Loan") -> Optional[str]:
     """The overdue reminder, delivered by the node itself at the due time (``publish_at``). A book
     returned early cancels it (``cancel_overdue``); should the cancel lose the race with the due
     time, the page still asks /loans/<id>.json whether the loan is open before showing it. The
-    idempotency key makes a retried call schedule it once."""
-    data = {
-        "type": "overdue",
-        "text": f"《{loan.book.title}》 is due — please bring it back",
-        "loan": loan.id,
-        "book": loan.book_id,
-    }
+    idempotency key makes a retried call schedule it once. It needs the scheduled id back, so
+    it runs in an ``on_commit`` callback rather than through ``publish_on_commit``."""
+    data = overdue_data(loan)
     res = _safely(
         "publish_at",
         client().publish_at,

@@ -12,4 +12,5 @@ urlpatterns = [
     path("books/<int:book_id>/reserve", views.reserve, name="reserve"),
     path("loans/<int:loan_id>/return", views.return_loan, name="return"),
     path("loans/<int:loan_id>.json", views.loan_status, name="loan-status"),
+    path("ferrocast/webhook/", views.ferrocast_webhook, name="ferrocast-webhook"),
 ]

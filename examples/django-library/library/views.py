@@ -9,9 +9,11 @@ from django.db import transaction
 from django.http import HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
+from ferrocast import webhooks
 
-from . import realtime
+from . import digests, realtime
 from .models import Book, Loan, Reservation, availability, leaderboard
 
 
@@ -150,16 +152,18 @@ def borrow(request, book_id: int):
         book.reservations.filter(user=user, status__in=[Reservation.WAITING, Reservation.READY]).update(
             status=Reservation.FULFILLED
         )
+        # recorded now, published after the commit (publish_on_commit)
+        realtime.notify(user.id, "borrowed", f"borrowed《{book.title}》", loan=loan.id, book=book.id,
+                        due_at=loan.due_at.isoformat())
+        realtime.record_overdue(loan)
 
-        def publish():
-            realtime.notify(user.id, "borrowed", f"borrowed《{book.title}》", loan=loan.id, book=book.id,
-                            due_at=loan.due_at.isoformat())
+        def after_commit():
             rid = realtime.schedule_overdue(loan)
             if rid:
                 Loan.objects.filter(id=loan.id).update(reminder_id=rid)
             realtime.publish_leaderboard()
 
-        transaction.on_commit(publish)
+        transaction.on_commit(after_commit)
     return JsonResponse({"ok": True, "loan": _loan_json(loan)})
 
 
@@ -177,10 +181,8 @@ def reserve(request, book_id: int):
             return _error(f"《{book.title}》 is on the shelf — borrow it")
         r = Reservation.objects.create(user=user, book=book)
         position = book.reservations.filter(status=Reservation.WAITING, id__lte=r.id).count()
-        transaction.on_commit(
-            lambda: realtime.notify(user.id, "reserved", f"reserved《{book.title}》 (#{position} in line)",
-                                    book=book.id, reservation=r.id)
-        )
+        realtime.notify(user.id, "reserved", f"reserved《{book.title}》 (#{position} in line)",
+                        book=book.id, reservation=r.id)
     return JsonResponse({"ok": True, "reservation": r.id, "position": position})
 
 
@@ -199,16 +201,17 @@ def return_loan(request, loan_id: int):
         if nxt is not None:
             nxt.status = Reservation.READY
             nxt.save(update_fields=["status"])
+        realtime.drop_overdue(loan)
+        realtime.notify(loan.user_id, "returned", f"returned《{book.title}》", loan=loan.id, book=book.id)
+        if nxt is not None:
+            realtime.notify(nxt.user_id, "reservation_ready", f"《{book.title}》 is ready for you",
+                            book=book.id, reservation=nxt.id)
 
-        def publish():
+        def after_commit():
             realtime.cancel_overdue(loan.reminder_id)
-            realtime.notify(loan.user_id, "returned", f"returned《{book.title}》", loan=loan.id, book=book.id)
-            if nxt is not None:
-                realtime.notify(nxt.user_id, "reservation_ready", f"《{book.title}》 is ready for you",
-                                book=book.id, reservation=nxt.id)
             realtime.publish_leaderboard()
 
-        transaction.on_commit(publish)
+        transaction.on_commit(after_commit)
     return JsonResponse({"ok": True, "loan": _loan_json(loan), "next_reservation": nxt.id if nxt else None})
 
 
@@ -218,3 +221,29 @@ def loan_status(request, loan_id: int):
     """Lets a page check that an overdue reminder (scheduled at borrow time) still applies."""
     loan = get_object_or_404(Loan, id=loan_id, user=request.user)
     return JsonResponse(_loan_json(loan) | {"active": loan.returned_at is None})
+
+
+@csrf_exempt  # the node signs its requests (X-Ferrocast-Signature); it has no CSRF token
+@require_POST
+def ferrocast_webhook(request):
+    """The node's webhooks (``[webhooks] url`` in ferrocast.toml): user_online / user_offline
+    drive the digest of missed notices (library/digests.py). Each event is handled once, in its
+    own transaction, keyed by its id (a batch that got no 2xx comes again with the same ids)."""
+    try:
+        payload = webhooks.verify(
+            request.body, request.headers.get(webhooks.SIGNATURE_HEADER), settings.FERROCAST["WEBHOOK_SECRET"]
+        )
+        batch = webhooks.parse(payload)
+    except (webhooks.InvalidSignature, webhooks.StaleWebhook) as e:
+        digests.log.warning("webhook refused: %s", e)
+        return JsonResponse({"error": str(e)}, status=403)
+    except webhooks.WebhookError as e:
+        digests.log.warning("webhook refused: %s", e)
+        return JsonResponse({"error": str(e)}, status=400)
+    handled = duplicates = 0
+    for event in batch.events:
+        if digests.handle_once(event):
+            handled += 1
+        else:
+            duplicates += 1
+    return JsonResponse({"handled": handled, "duplicates": duplicates})

@@ -91,7 +91,17 @@ FERROCAST = {
     # what the browser connects to; empty = ws://<host of the page>:<port of API_URL>/ws
     "WS_URL": os.environ.get("FERROCAST_WS_URL", ""),
     "TIMEOUT": float(os.environ.get("FERROCAST_TIMEOUT", "3")),
+    # HMAC key of the node's webhooks (webhooks.secret): POST /ferrocast/webhook/ checks it
+    "WEBHOOK_SECRET": os.environ.get("FERROCAST_WEBHOOK_SECRET", "library-demo-webhook-secret"),
 }
+
+# Digest e-mails of the notices a reader missed while offline (library/digests.py): sent by
+# `manage.py send_digests` (cron; run.sh runs it in a loop) once a reader has been offline for
+# DIGEST_DELAY_SECONDS. The console backend prints them (run.sh: in its terminal).
+DIGEST_DELAY_SECONDS = env_int("DIGEST_DELAY_SECONDS", 300)
+EMAIL_BACKEND = os.environ.get("DJANGO_EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = "Library <library@library.example>"
+SITE_URL = os.environ.get("SITE_URL", "http://127.0.0.1:8000")
 
 # Loan period: 14 days by default; the demo and the e2e test set a few seconds.
 LOAN_SECONDS = env_int("LOAN_SECONDS", 14 * 24 * 3600)
@@ -101,5 +111,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"library": {"handlers": ["console"], "level": "INFO"}},
+    "loggers": {
+        "library": {"handlers": ["console"], "level": "INFO"},
+        # publish_on_commit(robust=True) logs a publication that failed after the commit here
+        "ferrocast": {"handlers": ["console"], "level": "WARNING"},
+    },
 }

@@ -38,6 +38,9 @@ class Command(BaseCommand):
                 user.is_superuser = staff  # the librarian may also use /admin/
                 user.save()
                 self.stdout.write(f"user {username} / {password}" + (" (librarian)" if staff else ""))
+            if not user.email:  # where digest e-mails go
+                user.email = f"{username}@library.example"
+                user.save(update_fields=["email"])
         for title, author, copies in BOOKS:
             _, created = Book.objects.get_or_create(title=title, defaults={"author": author, "copies": copies})
             if created:
