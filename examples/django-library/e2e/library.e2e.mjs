@@ -26,6 +26,7 @@ const procs = [];
 const contexts = [];
 let tmp;
 let base;
+let djangoEnv;
 let adminPort;
 
 // ------------------------------------------------------------------------------------ helpers
@@ -153,8 +154,14 @@ before(async () => {
     FERROCAST_API_URL: `http://127.0.0.1:${publicPort}`,
     FERROCAST_LISTEN__PUBLIC: `127.0.0.1:${publicPort}`,
     FERROCAST_LISTEN__ADMIN: `127.0.0.1:${admin}`,
+    // the node's webhooks go to this Django; a reader is offline 500 ms after their last page
+    FERROCAST_WEBHOOKS__URL: `${base}/ferrocast/webhook/`,
+    FERROCAST_WEBHOOKS__OFFLINE_DELAY: '500ms',
+    DIGEST_DELAY_SECONDS: '0',
+    DJANGO_EMAIL_BACKEND: 'django.core.mail.backends.console.EmailBackend',
     PYTHONUNBUFFERED: '1',
   };
+  djangoEnv = env;
   for (const cmd of [['migrate', '--noinput', '-v0'], ['seed_library']]) {
     const r = spawnSync(PY, ['manage.py', ...cmd], { cwd: EXAMPLE, env: { ...process.env, ...env }, encoding: 'utf8' });
     assert.equal(r.status, 0, `manage.py ${cmd[0]}: ${r.stdout}${r.stderr}`);
@@ -291,4 +298,49 @@ test('the online counter drops when a page closes', async () => {
   const r = await fetch(`${base}/online.json`);
   assert.deepEqual(await r.json(), { clients: 1, users: 1 });
   await shot(alicePhone.page, 'alice-phone-alone');
+});
+
+/** Runs a manage.py command with the test's environment (same database); its stdout. */
+function manage(...args) {
+  const r = spawnSync(PY, ['manage.py', ...args], { cwd: EXAMPLE, env: { ...process.env, ...djangoEnv }, encoding: 'utf8' });
+  assert.equal(r.status, 0, `manage.py ${args[0]}: ${r.stdout}${r.stderr}`);
+  return r.stdout;
+}
+
+test('a reader who goes offline gets a digest e-mail of the notices she missed', async () => {
+  const phone = alicePhone.page;
+  const bob = await browserAs('bob', 'bob');
+  // bob takes Hyperion (one copy); alice, on her phone, reserves it
+  await Promise.all([
+    bob.page.waitForResponse((r) => r.url().endsWith('/borrow')),
+    bob.page.click('#books tr[data-title="Hyperion"] button.borrow'),
+  ]);
+  await phone.waitForSelector('#books tr[data-title="Hyperion"] button.reserve', { timeout: 5000 });
+  await Promise.all([
+    phone.waitForResponse((r) => r.url().endsWith('/reserve')),
+    phone.click('#books tr[data-title="Hyperion"] button.reserve'),
+  ]);
+  await phone.waitForSelector(noticeSel('reserved', 'reserved《Hyperion》'), { timeout: 5000 });
+  // her last page closes: the node's user_offline webhook reaches Django (after offline_delay)
+  await alicePhone.ctx.close();
+  const isOffline = () =>
+    manage('shell', '-c', "from library.models import PendingDigest as P; print(P.objects.filter(user__username='alice').exists())").trim();
+  const deadline = Date.now() + 10000;
+  while (isOffline() !== 'True') {
+    assert.ok(Date.now() < deadline, 'no user_offline webhook for alice within 10 s');
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  // bob brings Hyperion back while she is away: "ready for you" goes to her channel
+  await bob.page.waitForSelector('#loans li[data-loan-id]:has-text("Hyperion") button.return');
+  await Promise.all([
+    bob.page.waitForResponse((r) => r.url().endsWith('/return')),
+    bob.page.click('#loans li[data-loan-id]:has-text("Hyperion") button.return'),
+  ]);
+  const mailOut = manage('send_digests'); // the console e-mail backend prints it
+  fs.writeFileSync(path.join(ARTIFACTS, 'digest-email.txt'), mailOut);
+  assert.match(mailOut, /To: alice@library\.example/);
+  assert.match(mailOut, /Subject: You missed 1 notice at the library/);
+  assert.match(mailOut, /《Hyperion》 is ready for you/);
+  assert.doesNotMatch(mailOut, /reserved《Hyperion》|borrowed《Dune》/, 'she saw those on her pages');
+  assert.doesNotMatch(manage('send_digests'), /Subject:/, 'mailed once');
 });
