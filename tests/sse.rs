@@ -487,3 +487,89 @@ async fn sse_slow_reader_is_cut_off_without_holding_the_node() {
     let mut t = Sse::open(&server, &format!("token={tok}&channel=room:1"), &[]).await;
     t.expect("room:1", |v| is_sub(v, "room:1")).await;
 }
+
+/// A connect-proxy backend: user 42 with a server-side subscription when the cookie is good, 403
+/// otherwise; it keeps the request bodies.
+async fn proxy_backend() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/connect", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let request = loop {
+                    let Ok(n) = sock.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text[..end]
+                            .to_lowercase()
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_string())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if buf.len() >= end + 4 + len {
+                            break text;
+                        }
+                    }
+                };
+                let good = request.contains("sessionid=good");
+                log.lock().unwrap().push(request);
+                let (status, body) = if good {
+                    ("200 OK", r#"{"user":"42","subs":["user:42"]}"#)
+                } else {
+                    ("403 Forbidden", "{}")
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn sse_cookie_sessions_go_through_the_connect_proxy() {
+    let (url, seen) = proxy_backend().await;
+    let server = Server::start(&format!("[auth]\nproxy_url = \"{url}\"\n")).await;
+    let mut s = Sse::open(&server, "channel=room:1", &[("Cookie", "sessionid=good")]).await;
+    assert_eq!(s.status, 200);
+    let c = s
+        .expect("connected", |v| v.get("connected").is_some())
+        .await;
+    assert_eq!(c["connected"]["user"], "42");
+    s.expect("user:42 from the proxy's subs", |v| is_sub(v, "user:42"))
+        .await;
+    s.expect("room:1", |v| is_sub(v, "room:1")).await;
+    {
+        let requests = seen.lock().unwrap();
+        assert!(
+            requests[0].contains("\"transport\":\"sse\""),
+            "{}",
+            requests[0]
+        );
+        let client = c["connected"]["client"].as_str().unwrap();
+        assert!(
+            requests[0].contains(client),
+            "the proxy is told the stream's client id {client}: {}",
+            requests[0]
+        );
+    }
+    let refused = Sse::open(&server, "channel=room:1", &[("Cookie", "sessionid=bad")]).await;
+    assert_eq!(refused.status, 403);
+}
