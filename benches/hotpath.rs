@@ -131,7 +131,7 @@ fn fan_out(c: &mut Criterion) {
     const SUBS: usize = 10_000;
     for i in 0..SUBS {
         let key = st.conns.insert(Connection::new(
-            stream.clone(),
+            Some(stream.clone()),
             i as u64,
             0,
             Route::Commands,

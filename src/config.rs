@@ -168,6 +168,11 @@ pub struct AuthConfig {
     pub proxy_url: String,
     pub proxy_headers: Vec<String>,
     pub proxy_timeout: HumanDuration,
+    /// Subscribe proxy: asked about channels the static rules refuse (docs/protocol.md §3.5);
+    /// empty = off. Uses `proxy_timeout`.
+    pub subscribe_proxy_url: String,
+    /// Publish proxy: approves or rewrites every client publication; empty = off.
+    pub publish_proxy_url: String,
     /// PEM file with an RSA public key: RS256 tokens are accepted too.
     pub rsa_public_key: String,
     /// PEM file with an EC public key: ES256 tokens are accepted too.
@@ -188,6 +193,8 @@ impl Default for AuthConfig {
             proxy_url: String::new(),
             proxy_headers: Vec::new(),
             proxy_timeout: secs(5),
+            subscribe_proxy_url: String::new(),
+            publish_proxy_url: String::new(),
             rsa_public_key: String::new(),
             ecdsa_public_key: String::new(),
             allow_anonymous: false,
@@ -419,8 +426,14 @@ impl Config {
         if self.auth.timeout.0.is_zero() {
             return Err(invalid("auth.timeout", "must be positive"));
         }
-        if !self.auth.proxy_url.is_empty() && !self.auth.proxy_url.starts_with("http://") {
-            return Err(invalid("auth.proxy_url", "must be an http:// URL"));
+        for (key, url) in [
+            ("auth.proxy_url", &self.auth.proxy_url),
+            ("auth.subscribe_proxy_url", &self.auth.subscribe_proxy_url),
+            ("auth.publish_proxy_url", &self.auth.publish_proxy_url),
+        ] {
+            if !url.is_empty() && !url.starts_with("http://") {
+                return Err(invalid(key, "must be an http:// URL"));
+            }
         }
         if self.api.key.is_empty() {
             return Err(invalid("api.key", "must not be empty"));

@@ -71,6 +71,9 @@ enum Cmd {
         /// Extra channels, comma-separated.
         #[arg(long, default_value = "")]
         channels: String,
+        /// Server-side subscriptions (subscribed at connect), comma-separated.
+        #[arg(long, default_value = "")]
+        subs: String,
         /// JSON shown in presence.
         #[arg(long)]
         info: Option<String>,
@@ -129,6 +132,7 @@ fn main() {
             user,
             ttl,
             channels,
+            subs,
             info,
         } => {
             let ttl = match humantime::parse_duration(&ttl) {
@@ -150,11 +154,8 @@ fn main() {
             let claims = Claims {
                 sub: user,
                 exp: (!ttl.is_zero()).then(|| now_unix() + ttl.as_secs()),
-                channels: channels
-                    .split(',')
-                    .filter(|c| !c.is_empty())
-                    .map(String::from)
-                    .collect(),
+                channels: list(&channels),
+                subs: list(&subs),
                 info,
             };
             println!("{}", mint(&secret, &claims));
@@ -162,4 +163,12 @@ fn main() {
         }
     };
     std::process::exit(code);
+}
+
+/// A comma-separated list, empty items dropped.
+fn list(s: &str) -> Vec<String> {
+    s.split(',')
+        .filter(|c| !c.is_empty())
+        .map(String::from)
+        .collect()
 }

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub connects: IntCounter,
     pub disconnects: IntCounterVec,
     pub handshake_failures: IntCounterVec,
+    pub proxy_requests: IntCounterVec,
+    pub sse_streams: IntGauge,
     pub subscriptions: IntGaugeVec,
     pub channels: IntGaugeVec,
     pub client_commands: IntCounterVec,
@@ -127,6 +129,17 @@ impl Metrics {
                 "Connections that did not become WebSockets, by reason.",
                 &["reason"],
             ),
+            proxy_requests: counter_vec(
+                &r,
+                "ferrocast_proxy_requests_total",
+                "Subscribe and publish proxy calls, by proxy and outcome (allowed, refused, unavailable).",
+                &["proxy", "result"],
+            ),
+            sse_streams: gauge(
+                &r,
+                "ferrocast_sse_streams",
+                "Open SSE streams (GET /sse); they also count in ferrocast_sockets.",
+            ),
             subscriptions: gauge_vec(&r, "ferrocast_subscriptions", "Client subscriptions.", &["shard"]),
             channels: gauge_vec(&r, "ferrocast_channels", "Channels with local subscribers.", &["shard"]),
             client_commands: counter_vec(
@@ -219,6 +232,11 @@ impl Metrics {
         ] {
             self.handshake_failures.with_label_values(&[reason]);
         }
+        for proxy in ["subscribe", "publish"] {
+            for result in ["allowed", "refused", "unavailable"] {
+                self.proxy_requests.with_label_values(&[proxy, result]);
+            }
+        }
         for kind in PROTOCOL_ERROR_KINDS {
             self.protocol_errors.with_label_values(&[kind]);
         }
@@ -295,6 +313,7 @@ pub const API_ROUTES: &[&str] = &[
     "/api/history",
     "/api/info",
     "/api/cancel",
+    "/api/subscribe",
 ];
 
 /// Every operation label, created at start so dashboards see zeros rather than no series.
@@ -327,5 +346,18 @@ pub fn count_error(code: u16) {
     metrics()
         .client_errors
         .with_label_values(&[&code.to_string()])
+        .inc();
+}
+
+/// Counts a subscribe or publish proxy call by its outcome.
+pub fn count_proxy<T>(proxy: &str, outcome: &Result<T, crate::protocol::ClientError>) {
+    let result = match outcome {
+        Ok(_) => "allowed",
+        Err(crate::protocol::ClientError::NotAvailable) => "unavailable",
+        Err(_) => "refused",
+    };
+    metrics()
+        .proxy_requests
+        .with_label_values(&[proxy, result])
         .inc();
 }

@@ -103,6 +103,7 @@ async fn serve(node: &Arc<Node>, route: &str, req: Request<Incoming>) -> ApiResu
         "broadcast" => broadcast(node, parse(body)?).await,
         "disconnect" => disconnect(node, parse(body)?).await,
         "unsubscribe" => unsubscribe(node, parse(body)?).await,
+        "subscribe" => subscribe(node, parse(body)?).await,
         "presence" => presence(node, parse(body)?).await,
         "presence_stats" => presence_stats(node, parse(body)?).await,
         "history" => history(node, parse(body)?).await,
@@ -292,6 +293,25 @@ async fn unsubscribe(node: &Node, b: UserChannelBody) -> ApiResult {
     let ch = ChannelName::parse(&b.channel)?;
     node.broker
         .control(Control::UnsubscribeUser {
+            user: b.user,
+            channel: ch,
+        })
+        .await
+        .map_err(|e| e.client_error())?;
+    Ok(json!({}))
+}
+
+/// Subscribes every live connection of a user, on every node, to a channel (server-side
+/// subscription: the backend decides, the token's permissions don't apply).
+async fn subscribe(node: &Node, b: UserChannelBody) -> ApiResult {
+    let (ch, _) = channel(node, &b.channel)?;
+    if b.user.is_empty() {
+        return Err(ApiError::Client(ClientError::BadRequest(
+            "user must not be empty",
+        )));
+    }
+    node.broker
+        .control(Control::SubscribeUser {
             user: b.user,
             channel: ch,
         })

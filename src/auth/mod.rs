@@ -19,6 +19,9 @@ pub struct Identity {
     pub user: Arc<str>,
     /// Extra channels this identity may subscribe to (the token's `channels` claim).
     pub channels: Box<[ChannelName]>,
+    /// Server-side subscriptions (the token's `subs` claim): subscribed at authentication, and
+    /// permitted like `channels`.
+    pub subs: Box<[ChannelName]>,
     /// Raw JSON shown in presence.
     pub info: Option<Bytes>,
     /// Unix seconds after which the connection is closed with 4011 unless refreshed.
@@ -30,6 +33,7 @@ impl Identity {
         Identity {
             user: Arc::from(""),
             channels: Box::new([]),
+            subs: Box::new([]),
             info: None,
             expires_at: None,
         }
@@ -78,6 +82,9 @@ pub struct Claims {
     pub exp: Option<u64>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub channels: Vec<String>,
+    /// Server-side subscriptions: channels the connection is subscribed to at authentication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subs: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<serde_json::Value>,
 }
@@ -149,6 +156,7 @@ impl TokenVerifier {
         identity_from(
             data.claims.sub,
             data.claims.channels,
+            data.claims.subs,
             data.claims.info,
             data.claims.exp,
         )
@@ -159,13 +167,18 @@ impl TokenVerifier {
 pub fn identity_from(
     user: String,
     channels: Vec<String>,
+    subs: Vec<String>,
     info: Option<serde_json::Value>,
     exp: Option<u64>,
 ) -> Result<Identity, AuthError> {
-    let channels = channels
-        .iter()
-        .map(|c| ChannelName::parse(c).map_err(|_| AuthError::Invalid))
-        .collect::<Result<Vec<_>, _>>()?;
+    let parse = |list: Vec<String>| {
+        list.iter()
+            .map(|c| ChannelName::parse(c).map_err(|_| AuthError::Invalid))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let channels = parse(channels)?;
+    let mut subs = parse(subs)?;
+    subs.dedup();
     let info = match info {
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(Bytes::from(
@@ -175,6 +188,7 @@ pub fn identity_from(
     Ok(Identity {
         user: Arc::from(user),
         channels: channels.into_boxed_slice(),
+        subs: subs.into_boxed_slice(),
         info,
         expires_at: exp,
     })
@@ -212,12 +226,15 @@ mod tests {
                 sub: "17".into(),
                 exp: Some(now_unix() + 60),
                 channels: vec!["room:1".into()],
+                subs: vec!["user:17".into(), "room:2".into()],
                 info: Some(serde_json::json!({"name": "Ada"})),
             },
         );
         let id = verifier().verify(&t).unwrap();
         assert_eq!(&*id.user, "17");
         assert_eq!(id.channels[0].as_str(), "room:1");
+        assert_eq!(id.subs.len(), 2);
+        assert_eq!(id.subs[1].as_str(), "room:2");
         assert_eq!(&id.info.unwrap()[..], br#"{"name":"Ada"}"#);
     }
 

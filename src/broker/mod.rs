@@ -106,6 +106,11 @@ pub enum Control {
         user: String,
         channel: ChannelName,
     },
+    /// Subscribes every live connection of `user` to `channel` (`POST /api/subscribe`).
+    SubscribeUser {
+        user: String,
+        channel: ChannelName,
+    },
     /// Local only: this node lost publications of `channel` it could not repair from history;
     /// its subscribers are unsubscribed with `resubscribe: true` so they recover by themselves.
     ResetChannel {

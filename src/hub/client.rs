@@ -33,7 +33,7 @@ pub async fn handle(shard: &Rc<Shard>, key: usize, cmd: Command) {
     }
     let authenticated = shard.state.borrow().conns[key].identity.is_some();
     let outcome = match cmd.kind {
-        CommandKind::Connect { token } => connect(shard, key, id, token).await,
+        CommandKind::Connect { token, subs } => connect(shard, key, id, token, subs).await,
         _ if !authenticated => Err(ClientError::Unauthorized),
         CommandKind::Refresh { token } => refresh(shard, key, id, &token),
         CommandKind::Subscribe { channel, recover } => {
@@ -113,7 +113,7 @@ pub fn may_subscribe(
     ch: &ChannelName,
     ns: &NamespaceConfig,
 ) -> Result<(), ClientError> {
-    if identity.channels.contains(ch) {
+    if identity.channels.contains(ch) || identity.subs.contains(ch) {
         return Ok(());
     }
     if let Some(owner) = ch.personal_user() {
@@ -129,7 +129,13 @@ pub fn may_subscribe(
     Ok(())
 }
 
-async fn connect(shard: &Rc<Shard>, key: usize, id: Option<u64>, token: Option<String>) -> Reply {
+async fn connect(
+    shard: &Rc<Shard>,
+    key: usize,
+    id: Option<u64>,
+    token: Option<String>,
+    recover: Vec<(String, Position)>,
+) -> Reply {
     if shard.state.borrow().conns[key].identity.is_some() {
         return Err(ClientError::BadRequest("already connected"));
     }
@@ -140,12 +146,18 @@ async fn connect(shard: &Rc<Shard>, key: usize, id: Option<u64>, token: Option<S
     };
     match verified {
         Ok(identity) => {
-            let mut st = shard.state.borrow_mut();
-            let conn = &mut st.conns[key];
-            conn.identity = Some(Box::new(identity));
-            let body = connected_body(shard, conn);
-            conn.queue_text(&reply::result(id, &body));
-            conn.queue_text(&serde_json::to_vec(&json!({ "connected": body })).expect("json"));
+            let server_side = !identity.subs.is_empty();
+            {
+                let mut st = shard.state.borrow_mut();
+                let conn = &mut st.conns[key];
+                conn.identity = Some(Box::new(identity));
+                let body = connected_body(shard, conn);
+                conn.queue_text(&reply::result(id, &body));
+                conn.queue_text(&serde_json::to_vec(&json!({ "connected": body })).expect("json"));
+            }
+            if server_side || !recover.is_empty() {
+                server_subscriptions(shard, key, Vec::new(), recover).await;
+            }
             Ok(())
         }
         Err(e) => {
@@ -186,11 +198,93 @@ async fn subscribe(
     recover: Option<Position>,
 ) -> Reply {
     let me = identity(shard, key)?;
-    let (ch, ns) = channel_for(&shard.node, &me, name)?;
+    let (ch, ns) = match channel_for(&shard.node, &me, name) {
+        Ok(x) => x,
+        Err(ClientError::PermissionDenied) => {
+            // The subscribe proxy may allow what the token does not list.
+            let ch = ChannelName::parse(name)?;
+            let ns = shard
+                .node
+                .namespace(&ch)
+                .ok_or(ClientError::UnknownChannel)?;
+            ask_subscribe_proxy(shard, key, &me, &ch).await?;
+            (ch, ns)
+        }
+        Err(e) => return Err(e),
+    };
+    let client = shard.state.borrow().conns[key].client;
+    subscribe_to(shard, key, client, ch, ns, recover, Announce::Reply(id)).await
+}
+
+/// Asks `auth.subscribe_proxy_url` whether this client may subscribe to `ch` (which the static
+/// rules refused). Personal channels of other users are never delegated.
+async fn ask_subscribe_proxy(
+    shard: &Rc<Shard>,
+    key: usize,
+    me: &Identity,
+    ch: &ChannelName,
+) -> Reply {
+    let cfg = &shard.node.config.auth;
+    if cfg.subscribe_proxy_url.is_empty() || ch.personal_user().is_some() {
+        return Err(ClientError::PermissionDenied);
+    }
+    let client = client_name(shard, key);
+    let outcome = crate::auth::proxy::subscribe(
+        &cfg.subscribe_proxy_url,
+        &client,
+        me,
+        ch,
+        cfg.proxy_timeout.0,
+    )
+    .await;
+    crate::metrics::count_proxy("subscribe", &outcome);
+    outcome
+}
+
+/// How a subscription is announced: as the reply to the client's `subscribe` command, or as a
+/// `subscribe` push (server-side subscriptions: the identity's `subs`, `POST /api/subscribe`,
+/// the channels of an SSE stream).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announce {
+    Reply(Option<u64>),
+    Push,
+}
+
+/// Whether the slot `key` still holds the connection `client` (a task that awaited may find its
+/// connection gone and the slot reused).
+fn still_there(shard: &Shard, key: usize, client: u64) -> bool {
+    shard
+        .state
+        .borrow()
+        .conns
+        .get(key)
+        .is_some_and(|c| c.client == client)
+}
+
+/// Subscribes connection `key` (`client`) to `ch`, permission already decided: joins the shard's
+/// channel (publications held), subscribes the node at the broker if it is the first, reads the
+/// position (and what the client missed, with `recover`), announces it, then lets held
+/// publications follow.
+pub async fn subscribe_to(
+    shard: &Rc<Shard>,
+    key: usize,
+    client: u64,
+    ch: ChannelName,
+    ns: &NamespaceConfig,
+    recover: Option<Position>,
+    announce: Announce,
+) -> Reply {
+    if !still_there(shard, key, client) {
+        return Ok(());
+    }
+    let me = identity(shard, key)?;
     let k = key as u32;
     let (ch, new_on_shard) = {
         let mut st = shard.state.borrow_mut();
         let conn = &mut st.conns[key];
+        if conn.closing.is_some() {
+            return Ok(());
+        }
         if conn.subs.contains(&ch) {
             return Err(ClientError::AlreadySubscribed);
         }
@@ -202,6 +296,8 @@ async fn subscribe(
         push_small(&mut st.conns[key].subs, ch.clone());
         (ch, new_on_shard)
     };
+    // While this task awaits, the connection may end: its removal takes the subscription (and
+    // the node's interest) with it, so a task that finds it gone just stops.
     let abort = |e: ClientError| {
         let mut st = shard.state.borrow_mut();
         if let Some(conn) = st.conns.get_mut(key) {
@@ -211,7 +307,11 @@ async fn subscribe(
         (e, emptied)
     };
     if new_on_shard {
-        if let Err(e) = shard.node.add_interest(&ch).await {
+        let added = shard.node.add_interest(&ch).await;
+        if !still_there(shard, key, client) {
+            return Ok(());
+        }
+        if let Err(e) = added {
             let (e, _) = abort(e.client_error());
             return Err(e);
         }
@@ -231,6 +331,9 @@ async fn subscribe(
                 publications: Vec::new(),
             }),
     };
+    if !still_there(shard, key, client) {
+        return Ok(());
+    }
     let Recovery {
         position,
         recovered,
@@ -265,7 +368,10 @@ async fn subscribe(
         let Some(conn) = st.conns.get_mut(key) else {
             return Ok(());
         };
-        conn.queue_text(&reply::result(id, &body));
+        match announce {
+            Announce::Reply(id) => conn.queue_text(&reply::result(id, &body)),
+            Announce::Push => conn.queue_text(&reply::channel_push(&ch, "subscribe", &body)),
+        }
         // Publications that arrived while we read history follow the reply, minus those the
         // history already held.
         let after = publications
@@ -275,6 +381,115 @@ async fn subscribe(
     }
     shard.after_join(&ch, &client_name(shard, key), &me).await;
     Ok(())
+}
+
+/// Server-side subscriptions of connection `key`, once it is authenticated: the identity's
+/// `subs`, then `extra` (an SSE stream's channels), then any other channel in `recover` the
+/// client may subscribe to (so channels added by `POST /api/subscribe` survive a reconnect).
+/// Channels in `recover` are recovered from the position given. Each is announced with a
+/// `subscribe` push, or a channel `error` push when it can't be subscribed. Flushes at the end.
+pub async fn server_subscriptions(
+    shard: &Rc<Shard>,
+    key: usize,
+    extra: Vec<String>,
+    mut recover: Vec<(String, Position)>,
+) {
+    let Some((client, me)) = shard
+        .state
+        .borrow()
+        .conns
+        .get(key)
+        .and_then(|c| Some((c.client, c.identity.as_deref()?.clone())))
+    else {
+        return;
+    };
+    let mut take_position = |name: &str| {
+        recover
+            .iter()
+            .position(|(c, _)| c == name)
+            .map(|i| recover.swap_remove(i).1)
+    };
+    let mut plan: Vec<(String, Option<Position>, bool)> = Vec::new();
+    for ch in me.subs.iter() {
+        let pos = take_position(ch.as_str());
+        plan.push((ch.as_str().to_string(), pos, false));
+    }
+    for name in extra {
+        if plan.iter().any(|(c, _, _)| *c == name) {
+            continue;
+        }
+        let pos = take_position(&name);
+        plan.push((name, pos, true));
+    }
+    // What is left in `recover`: subscribed before the reconnect, kept only where permitted.
+    for (name, pos) in recover.drain(..) {
+        if plan.iter().any(|(c, _, _)| *c == name) {
+            continue;
+        }
+        if let Ok(ch) = ChannelName::parse(&name) {
+            if shard
+                .node
+                .namespace(&ch)
+                .is_some_and(|ns| may_subscribe(&me, &ch, ns).is_ok())
+            {
+                plan.push((name, Some(pos), false));
+            }
+        }
+    }
+    for (name, pos, report) in plan {
+        let outcome = match channel_for(&shard.node, &me, &name) {
+            Ok((ch, ns)) => subscribe_to(shard, key, client, ch, ns, pos, Announce::Push).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(()) | Err(ClientError::AlreadySubscribed) => {}
+            // A channel the client asked for by name is answered; a leftover is dropped quietly.
+            Err(e) if report || !matches!(e, ClientError::PermissionDenied) => {
+                count_error(e.code());
+                if let Some(conn) = shard.state.borrow_mut().conns.get_mut(key) {
+                    if conn.client == client {
+                        conn.queue_text(&channel_error(&name, &e));
+                    }
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    if still_there(shard, key, client) {
+        shard.flush(key);
+    }
+}
+
+/// Subscribes connection `key` to `channel` on the backend's word (`POST /api/subscribe`): no
+/// permission check, announced with a `subscribe` push.
+pub async fn subscribe_by_server(shard: &Rc<Shard>, key: usize, client: u64, channel: ChannelName) {
+    let Some(ns) = shard.node.namespace(&channel) else {
+        return;
+    };
+    let name = channel.as_str().to_string();
+    match subscribe_to(shard, key, client, channel, ns, None, Announce::Push).await {
+        Ok(()) | Err(ClientError::AlreadySubscribed) => {}
+        Err(e) => {
+            count_error(e.code());
+            if let Some(conn) = shard.state.borrow_mut().conns.get_mut(key) {
+                if conn.client == client {
+                    conn.queue_text(&channel_error(&name, &e));
+                }
+            }
+        }
+    }
+    if still_there(shard, key, client) {
+        shard.flush(key);
+    }
+}
+
+/// `{"channel": name, "error": {"code", "message"}}`: a server-side subscription that failed.
+fn channel_error(name: &str, e: &ClientError) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "channel": name,
+        "error": {"code": e.code(), "message": e.to_string()},
+    }))
+    .expect("json")
 }
 
 async fn unsubscribe(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str) -> Reply {
@@ -311,6 +526,22 @@ async fn publish(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, dat
     if !ns.publish {
         return Err(ClientError::PermissionDenied);
     }
+    let proxy_url = &shard.node.config.auth.publish_proxy_url;
+    let data = if proxy_url.is_empty() {
+        data
+    } else {
+        let outcome = crate::auth::proxy::publish(
+            proxy_url,
+            &client_name(shard, key),
+            &me,
+            &ch,
+            data,
+            shard.node.config.auth.proxy_timeout.0,
+        )
+        .await;
+        crate::metrics::count_proxy("publish", &outcome);
+        outcome?
+    };
     let info = serde_json::to_vec(&json!({ "user": &*me.user })).expect("json");
     reply::check_publication_size(
         &ch,
@@ -584,6 +815,7 @@ mod tests {
                 .iter()
                 .map(|c| ChannelName::parse(c).unwrap())
                 .collect(),
+            subs: Box::new([]),
             info: None,
             expires_at: None,
         }

@@ -48,10 +48,14 @@ pub enum Route {
     Commands,
     /// The conformance echo route: every message comes back unchanged, with its opcode.
     Echo,
+    /// `GET /sse`: an SSE stream (server → client only). Its output is taken by the response
+    /// body hyper polls (`server::sse`), not written by the shard; it has no task of its own.
+    Sse,
 }
 
 pub struct Connection {
-    pub stream: Rc<TcpStream>,
+    /// The socket (none for an SSE stream: hyper holds that one).
+    pub stream: Option<Rc<TcpStream>>,
     pub out: OutboundQueue,
     /// The task's waker, for the shard to signal "closing" or "socket full, wait for writability".
     pub waker: Option<Waker>,
@@ -83,7 +87,7 @@ pub struct Connection {
 
 impl Connection {
     pub fn new(
-        stream: Rc<TcpStream>,
+        stream: Option<Rc<TcpStream>>,
         client: u64,
         auth_deadline: u32,
         route: Route,
@@ -229,7 +233,10 @@ impl Drop for SlotGuard {
 /// buffer (8 KiB or more, even when empty), which the task would otherwise keep for as long as
 /// the connection lives.
 pub fn run(shard: Rc<Shard>, key: usize, read_ahead: Bytes) -> impl Future<Output = ()> {
-    let stream = shard.state.borrow().conns[key].stream.clone();
+    let stream = shard.state.borrow().conns[key]
+        .stream
+        .clone()
+        .expect("a WebSocket connection has its socket");
     let guard = SlotGuard {
         shard,
         key,
@@ -522,12 +529,16 @@ pub fn connected_body(shard: &Shard, conn: &Connection) -> serde_json::Value {
         .as_ref()
         .map(|i| i.user.to_string())
         .unwrap_or_default();
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "client": shard.node.client_name(conn.client),
         "user": user,
         "node": shard.node.name,
         "ping_interval": shard.node.config.client.ping_interval.0.as_secs(),
-    })
+    });
+    if conn.route == Route::Sse {
+        body["transport"] = serde_json::json!("sse");
+    }
+    body
 }
 
 /// Frames a JSON payload (used for pushes built elsewhere).

@@ -17,6 +17,7 @@ use slab::Slab;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+use super::client;
 use super::connection::{self, Connection, Route};
 use super::node::Node;
 use super::{Delivery, ShardMsg};
@@ -117,7 +118,7 @@ pub struct ShardState {
     subscriptions: usize,
     /// Deliveries and bytes not yet added to the shared counters.
     deliveries: u64,
-    bytes_out: u64,
+    pub bytes_out: u64,
 }
 
 pub struct Shard {
@@ -172,7 +173,8 @@ impl Shard {
         let key = {
             let mut st = self.state.borrow_mut();
             let out_limit = cfg.limits.outbound_queue_bytes;
-            let mut conn = Connection::new(Rc::new(stream), client, deadline, route, out_limit);
+            let mut conn =
+                Connection::new(Some(Rc::new(stream)), client, deadline, route, out_limit);
             let authenticated = identity.is_some();
             conn.identity = identity.map(Box::new);
             if let Some(code) = close_with {
@@ -190,7 +192,47 @@ impl Shard {
         m.sockets.with_label_values(&[&self.label]).inc();
         self.flush(key);
         tokio::task::spawn_local(connection::run(self.clone(), key, read_ahead));
+        self.start_server_subscriptions(key);
         key
+    }
+
+    /// Adopts an SSE stream (`server::sse`): an authenticated connection without a socket or a
+    /// task; its `connected` push is queued. Returns its key and client number.
+    pub fn register_sse(self: &Rc<Self>, identity: Identity) -> (usize, u64) {
+        let cfg = &self.node.config;
+        let client = self.node.next_client_id();
+        let key = {
+            let mut st = self.state.borrow_mut();
+            let out_limit = cfg.limits.outbound_queue_bytes;
+            let mut conn = Connection::new(None, client, 0, Route::Sse, out_limit);
+            conn.identity = Some(Box::new(identity));
+            let body = serde_json::json!({"connected": connection::connected_body(self, &conn)});
+            conn.queue_text(&serde_json::to_vec(&body).expect("json"));
+            st.conns.insert(conn)
+        };
+        self.node.connections.fetch_add(1, Ordering::Relaxed);
+        let m = metrics();
+        m.connects.inc();
+        m.sockets.with_label_values(&[&self.label]).inc();
+        (key, client)
+    }
+
+    /// Subscribes an authenticated connection to its identity's `subs` (no recovery: a client
+    /// that wants it authenticates with the `connect` command and its positions).
+    pub fn start_server_subscriptions(self: &Rc<Self>, key: usize) {
+        let has_subs = self
+            .state
+            .borrow()
+            .conns
+            .get(key)
+            .and_then(|c| c.identity.as_ref())
+            .is_some_and(|i| !i.subs.is_empty());
+        if has_subs {
+            let shard = self.clone();
+            tokio::task::spawn_local(async move {
+                client::server_subscriptions(&shard, key, Vec::new(), Vec::new()).await;
+            });
+        }
     }
 
     /// Keeps `thing` until the connection `key` is removed (then drops it).
@@ -210,7 +252,11 @@ impl Shard {
         if conn.blocked {
             return false;
         }
-        let stream = conn.stream.clone();
+        let Some(stream) = conn.stream.clone() else {
+            // An SSE stream: its response body takes the output when woken.
+            conn.wake();
+            return true;
+        };
         match conn
             .out
             .flush_with(|slices| stream.try_write_vectored(slices))
@@ -380,7 +426,7 @@ impl Shard {
         }
     }
 
-    fn apply_control(&self, c: Control) {
+    fn apply_control(self: &Rc<Self>, c: Control) {
         let mut st = self.state.borrow_mut();
         match c {
             Control::DisconnectUser { user, code, reason } => {
@@ -404,6 +450,26 @@ impl Shard {
                 drop(st);
                 for key in keys {
                     self.server_unsubscribe(key, &channel, false);
+                }
+            }
+            Control::SubscribeUser { user, channel } => {
+                let targets: Vec<(usize, u64)> = st
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| {
+                        c.closing.is_none()
+                            && c.identity.as_ref().is_some_and(|i| *i.user == *user)
+                            && !c.subs.contains(&channel)
+                    })
+                    .map(|(k, c)| (k, c.client))
+                    .collect();
+                drop(st);
+                for (key, client) in targets {
+                    let shard = self.clone();
+                    let channel = channel.clone();
+                    tokio::task::spawn_local(async move {
+                        client::subscribe_by_server(&shard, key, client, channel).await;
+                    });
                 }
             }
             Control::ResetChannel { channel } => {
@@ -494,11 +560,21 @@ impl Shard {
             let refresh_presence = now % refresh_every == 0;
             let mut presence: Vec<(ChannelName, PresenceEntry)> = Vec::new();
             let mut to_flush = Vec::new();
+            let mut stuck = Vec::new();
             {
                 let mut st = self.state.borrow_mut();
                 for (key, conn) in st.conns.iter_mut() {
                     conn.out.release_if_idle();
                     if conn.closing.is_some() {
+                        if conn.route == Route::Sse {
+                            // A closing SSE stream ends when hyper has written its last event;
+                            // a client that stopped reading is cut off after 2 s, as a
+                            // WebSocket's close is (`ping_sent` holds when it started closing).
+                            let since = *conn.ping_sent.get_or_insert(now);
+                            if now.saturating_sub(since) >= 2 {
+                                stuck.push(key);
+                            }
+                        }
                         continue;
                     }
                     let Some(identity) = conn.identity.as_ref() else {
@@ -514,20 +590,32 @@ impl Shard {
                         conn.close(CloseCode::TokenExpired);
                         continue;
                     }
-                    match conn.ping_sent {
-                        Some(at) if now.saturating_sub(at) >= pong_timeout => {
-                            conn.close(CloseCode::ServerClose);
-                            continue;
-                        }
-                        None if now.saturating_sub(conn.last_seen) >= ping_every => {
-                            // Within the queue bound (a full queue is closing already).
+                    if conn.route == Route::Sse {
+                        // No pongs on SSE: the heartbeat only keeps proxies from timing the
+                        // stream out; a dead client shows as a failed write.
+                        if now.saturating_sub(conn.last_seen) >= ping_every {
                             if conn.out.bytes() + ping.len() <= conn.out_limit as usize {
                                 conn.out.push(ping.clone());
                             }
-                            conn.ping_sent = Some(now);
+                            conn.last_seen = now;
                             to_flush.push(key);
                         }
-                        _ => {}
+                    } else {
+                        match conn.ping_sent {
+                            Some(at) if now.saturating_sub(at) >= pong_timeout => {
+                                conn.close(CloseCode::ServerClose);
+                                continue;
+                            }
+                            None if now.saturating_sub(conn.last_seen) >= ping_every => {
+                                // Within the queue bound (a full queue is closing already).
+                                if conn.out.bytes() + ping.len() <= conn.out_limit as usize {
+                                    conn.out.push(ping.clone());
+                                }
+                                conn.ping_sent = Some(now);
+                                to_flush.push(key);
+                            }
+                            _ => {}
+                        }
                     }
                     if refresh_presence {
                         for ch in &conn.subs {
@@ -547,6 +635,11 @@ impl Shard {
             }
             for key in to_flush {
                 self.flush(key);
+            }
+            for key in stuck {
+                // Dropping what is attached to it ends the HTTP connection (server::sse).
+                let shard = self.clone();
+                tokio::task::spawn_local(async move { shard.remove_connection(key).await });
             }
             self.update_gauges();
             if !presence.is_empty() {

@@ -28,6 +28,8 @@ pub struct Command {
 pub enum CommandKind {
     Connect {
         token: Option<String>,
+        /// Positions of server-side subscriptions to recover (`connect.subs`), by channel.
+        subs: Vec<(String, Position)>,
     },
     Refresh {
         token: String,
@@ -105,6 +107,8 @@ struct Envelope<'a> {
 struct ConnectBody {
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    subs: std::collections::BTreeMap<String, Position>,
 }
 
 #[derive(Deserialize)]
@@ -220,6 +224,7 @@ pub fn parse(frame: &[u8]) -> Result<Command, ParseError> {
         let b: ConnectBody = body(raw).map_err(err)?;
         CommandKind::Connect {
             token: b.token.filter(|t| !t.is_empty()),
+            subs: b.subs.into_iter().collect(),
         }
     } else if let Some(raw) = env.refresh {
         let b: TokenBody = body(raw).map_err(err)?;
@@ -272,7 +277,25 @@ mod tests {
         assert_eq!(
             c.kind,
             CommandKind::Connect {
-                token: Some("abc".into())
+                token: Some("abc".into()),
+                subs: Vec::new(),
+            }
+        );
+        let c = parse(
+            br#"{"id":1,"connect":{"token":"t","subs":{"user:1":{"offset":3,"epoch":"e"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.kind,
+            CommandKind::Connect {
+                token: Some("t".into()),
+                subs: vec![(
+                    "user:1".into(),
+                    Position {
+                        offset: 3,
+                        epoch: "e".into()
+                    }
+                )],
             }
         );
         let c = parse(
@@ -347,7 +370,13 @@ mod tests {
     #[test]
     fn empty_token_is_no_token() {
         let c = parse(br#"{"id":1,"connect":{"token":""}}"#).unwrap();
-        assert_eq!(c.kind, CommandKind::Connect { token: None });
+        assert_eq!(
+            c.kind,
+            CommandKind::Connect {
+                token: None,
+                subs: Vec::new()
+            }
+        );
     }
 
     mod props {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod per_ip;
+pub mod sse;
 pub mod upgrade;
 
 use std::net::SocketAddr;

@@ -17,6 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use super::per_ip::IpSlot;
+use super::sse::ServeBody;
 use crate::auth::{proxy, Identity};
 use crate::hub::connection::{connected_body, Route};
 use crate::hub::shard::Shard;
@@ -43,9 +44,12 @@ pub async fn serve_http(
     // that goes idle and hits the header timeout after answering is not a failed handshake.
     let served = Rc::new(std::cell::Cell::new(0u32));
     let counter = served.clone();
+    // Ends this HTTP connection from outside (an SSE stream whose client stopped reading).
+    let kill = Rc::new(tokio::sync::Notify::new());
+    let killer = kill.clone();
     let svc = service_fn(move |req| {
         counter.set(counter.get().saturating_add(1));
-        route(s.clone(), req, upgrade_slot.clone())
+        route(s.clone(), req, upgrade_slot.clone(), killer.clone())
     });
     let limits = &shard.node.config.limits;
     let conn = http1::Builder::new()
@@ -57,7 +61,11 @@ pub async fn serve_http(
         .keep_alive(true)
         .serve_connection(io, svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    let outcome = tokio::select! {
+        r = conn => r,
+        _ = kill.notified() => return,
+    };
+    if let Err(e) = outcome {
         let reason = if e.is_timeout() {
             if served.get() > 0 {
                 return; // an idle keep-alive connection timing out between requests
@@ -81,19 +89,25 @@ async fn route(
     shard: Rc<Shard>,
     req: Request<Incoming>,
     slot: SlotCell,
-) -> Result<Response<Body>, Infallible> {
+    kill: Rc<tokio::sync::Notify>,
+) -> Result<Response<ServeBody>, Infallible> {
     let path = req.uri().path();
     if path == "/ws" {
-        return Ok(ws_upgrade(&shard, req, Route::Commands, slot));
+        return Ok(ws_upgrade(&shard, req, Route::Commands, slot).map(ServeBody::Left));
+    }
+    if path == "/sse" {
+        return Ok(super::sse::open(&shard, req, slot.take(), kill).await);
     }
     let echo = &shard.node.config.conformance.echo_path;
     if !echo.is_empty() && path == echo {
-        return Ok(ws_upgrade(&shard, req, Route::Echo, slot));
+        return Ok(ws_upgrade(&shard, req, Route::Echo, slot).map(ServeBody::Left));
     }
     if path.starts_with("/api/") {
-        return Ok(crate::api::handle(&shard.node, req).await);
+        return Ok(crate::api::handle(&shard.node, req)
+            .await
+            .map(ServeBody::Left));
     }
-    Ok(error_response(404, 104, "not found"))
+    Ok(error_response(404, 104, "not found").map(ServeBody::Left))
 }
 
 /// How a new connection will be authenticated.
@@ -144,7 +158,7 @@ fn ws_upgrade(
     let cfg = &node.config;
     let token = match route {
         Route::Commands => query_param(req.uri().query().unwrap_or(""), "token"),
-        Route::Echo => None,
+        Route::Echo | Route::Sse => None,
     };
     let plan = match token {
         _ if route == Route::Echo => AuthPlan::Later,
@@ -237,6 +251,7 @@ fn ws_upgrade(
                         conn.queue_text(&serde_json::to_vec(&body).expect("json"));
                         drop(st);
                         shard.flush(key);
+                        shard.start_server_subscriptions(key);
                     }
                     Ok(_) => {}
                     // A client that authenticated with a token meanwhile keeps that identity.
@@ -259,7 +274,7 @@ fn ws_upgrade(
 /// `auth.allowed_origins`: empty allows any. A request without `Origin` is not from a browser
 /// page (browsers always send it on WebSocket upgrades), so it can't be a cross-site hijack and
 /// is allowed; a browser page from another site is refused.
-fn origin_allowed(allowed: &[String], req: &Request<Incoming>) -> bool {
+pub(super) fn origin_allowed(allowed: &[String], req: &Request<Incoming>) -> bool {
     if allowed.is_empty() {
         return true;
     }

@@ -57,6 +57,14 @@ impl OutboundQueue {
     }
 
     /// Queued bytes not yet written.
+    /// Takes every queued frame, whole (for a transport that re-frames the output, e.g. SSE,
+    /// which never writes part of a frame).
+    pub fn take_frames(&mut self) -> VecDeque<Bytes> {
+        self.bytes = 0;
+        self.front_started = false;
+        std::mem::take(&mut self.frames)
+    }
+
     pub fn bytes(&self) -> usize {
         self.bytes
     }

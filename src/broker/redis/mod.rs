@@ -377,6 +377,9 @@ fn encode_control(msg: &Control) -> Option<String> {
         Control::UnsubscribeUser { user, channel } => serde_json::json!({
             "t": "unsubscribe", "user": user, "channel": channel.as_str(),
         }),
+        Control::SubscribeUser { user, channel } => serde_json::json!({
+            "t": "subscribe", "user": user, "channel": channel.as_str(),
+        }),
         Control::ResetChannel { .. } => return None,
     };
     Some(json.to_string())
@@ -402,6 +405,13 @@ fn decode_control(payload: &[u8]) -> Result<Option<Control>, serde_json::Error> 
         }),
         "unsubscribe" => match raw.channel.as_deref().map(ChannelName::parse) {
             Some(Ok(channel)) => Some(Control::UnsubscribeUser {
+                user: raw.user,
+                channel,
+            }),
+            _ => None,
+        },
+        "subscribe" => match raw.channel.as_deref().map(ChannelName::parse) {
+            Some(Ok(channel)) => Some(Control::SubscribeUser {
                 user: raw.user,
                 channel,
             }),
@@ -597,6 +607,17 @@ mod tests {
         match decode_control(json.as_bytes()).unwrap() {
             Some(Control::UnsubscribeUser { user, channel }) => {
                 assert_eq!((user.as_str(), channel.as_str()), ("ada", "room:1"))
+            }
+            other => panic!("{other:?}"),
+        }
+        let msg = Control::SubscribeUser {
+            user: "ada".into(),
+            channel: ChannelName::parse("room:2").unwrap(),
+        };
+        let json = encode_control(&msg).unwrap();
+        match decode_control(json.as_bytes()).unwrap() {
+            Some(Control::SubscribeUser { user, channel }) => {
+                assert_eq!((user.as_str(), channel.as_str()), ("ada", "room:2"))
             }
             other => panic!("{other:?}"),
         }
