@@ -181,7 +181,9 @@ export class FetchEventSource {
     this.lastEventId = '';
     this.heartbeats = true;
     this.onopen = this.onmessage = this.onerror = null;
-    this._fetch = init.fetch || globalThis.fetch;
+    // Called as a plain function: a browser's fetch throws "Illegal invocation" as a method.
+    const f = init.fetch || globalThis.fetch;
+    this._fetch = typeof f === 'function' ? (input, options) => f(input, options) : null;
     this._listeners = new Map();
     this._retry = 3000;
     this._abort = null;
@@ -1315,7 +1317,12 @@ export class Client extends Emitter {
       // SSE: the server refused one of the stream's channels.
       const sub = this._subs.get(msg.channel);
       const err = new FerrocastError(msg.error.code, msg.error.message || 'subscribe refused');
-      if (sub && sub.state !== 'subscribed') this._onSubscribeError(sub, err);
+      if (sub && sub.serverSide && TERMINAL_SUBSCRIBE_ERRORS.has(err.code)) {
+        // Not the client's own: the server no longer subscribes it (as over WebSocket, where
+        // connect.subs skips it quietly).
+        const ctx = { channel: sub.channel, server: true, reason: 'not subscribed by the server any more', error: err };
+        this._dropSubscription(sub, ctx, err);
+      } else if (sub && sub.state !== 'subscribed') this._onSubscribeError(sub, err);
       else this._emit('error', err);
       return;
     }

@@ -502,7 +502,9 @@ export class HttpProxy {
   }
 
   close() {
+    const closed = new Promise((resolve) => this.server.close(() => resolve()));
     this.cutStreams();
-    return new Promise((resolve) => this.server.close(() => resolve()));
+    this.server.closeAllConnections();
+    return closed;
   }
 }
