@@ -462,14 +462,14 @@ export class Client extends Emitter {
       (typeof globalThis.fetch === 'function' && typeof globalThis.ReadableStream === 'function'
         ? FetchEventSource
         : globalThis.EventSource);
-    this._canWs = transports.includes('websocket') && typeof this._WebSocket === 'function';
+    this._canWs = transports.includes('websocket');
     this._canSse = transports.includes('sse') && typeof this._EventSource === 'function';
+    // A missing WebSocket is a setup mistake (Node 20 without `ws`), not a reason to use SSE.
+    if (this._canWs && typeof this._WebSocket !== 'function') {
+      throw new TypeError("no WebSocket: pass the constructor as options.WebSocket (or transports: ['sse'])");
+    }
     if (!this._canWs && !this._canSse) {
-      throw new TypeError(
-        transports.includes('websocket')
-          ? 'no WebSocket: pass the constructor as options.WebSocket'
-          : 'no EventSource: pass the constructor as options.EventSource',
-      );
+      throw new TypeError('no EventSource: pass the constructor as options.EventSource');
     }
     this._sseUrl = this._opts.sseUrl || (this._canSse ? deriveSseUrl(url) : null);
     /** 'websocket' | 'sse' | null: the transport of the current (or last attempted) connection. */
