@@ -444,6 +444,15 @@ def node():
                      [target(f"sum({rate('ferrocast_broker_reconnects_total')})", "reconnects", "A"),
                       target(f"sum({rate('ferrocast_broker_resubscribes_total')})", "resubscribes", "B")],
                      unit="ops"), 6, 8)
+    L.row("Fallback transport and backend proxies")
+    L.add(timeseries("SSE streams", "Open SSE streams (GET /sse, the WebSocket fallback); they are "
+                     "also counted in the sockets panels.",
+                     [target(f"sum(ferrocast_sse_streams{{{N}}})", "sse streams")]), 8, 8)
+    L.add(timeseries("Subscribe/publish proxy calls/s by outcome", "auth.subscribe_proxy_url and "
+                     "auth.publish_proxy_url: allowed (2xx), refused (4xx), unavailable (5xx, "
+                     "timeout: the client got 108).",
+                     [target(f"sum by (proxy, result) ({rate('ferrocast_proxy_requests_total')})",
+                             "{{proxy}} {{result}}")], unit="ops", stack=True), 8, 8)
     return dashboard("ferrocast-node", "ferrocast node",
                      "One ferrocast node, per shard: sockets, subscriptions, queues, traffic, latency, "
                      "errors and broker.", L.panels, False,

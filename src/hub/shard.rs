@@ -197,10 +197,10 @@ impl Shard {
     }
 
     /// Adopts an SSE stream (`server::sse`): an authenticated connection without a socket or a
-    /// task; its `connected` push is queued. Returns its key and client number.
-    pub fn register_sse(self: &Rc<Self>, identity: Identity) -> (usize, u64) {
+    /// task, numbered `client` (`Node::next_client_id`); its `connected` push is queued. Returns
+    /// its key.
+    pub fn register_sse(self: &Rc<Self>, identity: Identity, client: u64) -> usize {
         let cfg = &self.node.config;
-        let client = self.node.next_client_id();
         let key = {
             let mut st = self.state.borrow_mut();
             let out_limit = cfg.limits.outbound_queue_bytes;
@@ -214,7 +214,7 @@ impl Shard {
         let m = metrics();
         m.connects.inc();
         m.sockets.with_label_values(&[&self.label]).inc();
-        (key, client)
+        key
     }
 
     /// Subscribes an authenticated connection to its identity's `subs` (no recovery: a client

@@ -235,8 +235,14 @@ fn ws_upgrade(
                 let client_n = shard.state.borrow().conns[key].client;
                 let client = shard.node.client_name(client_n);
                 let cfg = &shard.node.config.auth;
-                let verdict =
-                    proxy::connect(&cfg.proxy_url, headers, &client, cfg.proxy_timeout.0).await;
+                let verdict = proxy::connect(
+                    &cfg.proxy_url,
+                    headers,
+                    &client,
+                    "websocket",
+                    cfg.proxy_timeout.0,
+                )
+                .await;
                 let mut st = shard.state.borrow_mut();
                 let Some(conn) = st.conns.get_mut(key) else {
                     return;
