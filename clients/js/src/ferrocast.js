@@ -346,6 +346,20 @@ FetchEventSource.CONNECTING = 0;
 FetchEventSource.OPEN = 1;
 FetchEventSource.CLOSED = 2;
 
+/** An SSE event id (protocol.md §16: `offset.epoch.channel` joined by `;`, an epoch's characters
+ * other than [A-Za-z0-9_-] %-escaped) for the positions of `subs`; '' when none has one. */
+function positionsEventId(subs) {
+  const parts = [];
+  for (const sub of subs) {
+    const pos = sub._position();
+    if (!pos) continue;
+    const epoch = String(pos.epoch).replace(/[^A-Za-z0-9_-]/g, (c) =>
+      Array.from(new TextEncoder().encode(c), (b) => '%' + b.toString(16).toUpperCase().padStart(2, '0')).join(''));
+    parts.push(`${pos.offset}.${epoch}.${sub.channel}`);
+  }
+  return parts.join(';');
+}
+
 /** A subscription to one channel. Created by `Client#subscribe`; survives reconnects. */
 export class Subscription extends Emitter {
   constructor(client, channel, options = {}) {
@@ -964,7 +978,10 @@ export class Client extends Emitter {
     if (this._token) u.searchParams.set('token', this._token);
     u.searchParams.delete('channel');
     for (const channel of this._subs.keys()) u.searchParams.append('channel', channel);
-    if (this._sseLastId) u.searchParams.set('last_event_id', this._sseLastId);
+    // The last stream's id; on a first SSE stream after WebSocket, the positions the client
+    // holds, in the id format the server documents (protocol.md §16), so nothing is lost.
+    const id = this._sseLastId || positionsEventId(this._subs.values());
+    if (id) u.searchParams.set('last_event_id', id);
     else u.searchParams.delete('last_event_id');
     return u.toString();
   }

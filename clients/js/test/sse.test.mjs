@@ -149,6 +149,37 @@ test('SSE fallback behind a proxy that refuses WebSocket: receive, re-open, resu
   }
 });
 
+test('WebSocket blocked mid-session: the first SSE stream resumes from the WebSocket positions, nothing lost', async () => {
+  const proxy = await HttpProxy.start(server.publicPort, { blockWebSocket: false });
+  try {
+    const c = client(proxy.wsUrl, { token: mintToken('sse-mid'), wsRetryInterval: 60000 });
+    const got = collect(c);
+    const room = c.subscribe('room:sse-mid');
+    const events = [];
+    room.on('subscribed', (s) => events.push(s));
+    c.connect();
+    await room.ready(5000);
+    assert.equal(c.transport, 'websocket');
+    await server.publish('room:sse-mid', { n: 1 });
+    await waitFor(() => got.length === 1, 5000, 'a publication over WebSocket');
+
+    // The network starts refusing WebSocket and the open one is cut; publications meanwhile.
+    proxy.blockWebSocket = true;
+    proxy.cutStreams();
+    await server.publish('room:sse-mid', { n: 2 });
+    await server.publish('room:sse-mid', { n: 3 });
+    await waitFor(() => c.transport === 'sse' && got.length === 3, 10000, 'the fallback recovers 2 and 3');
+    const first = proxy.requests.filter((r) => r.url.startsWith('/sse'))[0];
+    assert.match(first.url, /last_event_id=1\.[^&]*room%3Asse-mid/, first.url);
+    const resumed = events[events.length - 1];
+    assert.equal(resumed.wasRecovering, true);
+    assert.equal(resumed.recovered, true);
+    assert.deepEqual(got, ['room:sse-mid@1:1', 'room:sse-mid@2:2', 'room:sse-mid@3:3']);
+  } finally {
+    await proxy.close();
+  }
+});
+
 test('SSE: the server ends the stream with a `disconnect` event (POST /api/disconnect), the client resumes', async () => {
   const c = client(server.wsUrl, { token: mintToken('sse2'), transports: ['sse'] });
   const got = collect(c);
