@@ -142,6 +142,9 @@ async fn connect(shard: &Rc<Shard>, key: usize, id: Option<u64>, token: Option<S
         Ok(identity) => {
             let mut st = shard.state.borrow_mut();
             let conn = &mut st.conns[key];
+            if let Some(events) = &shard.node.events {
+                events.user_connected(&identity.user);
+            }
             conn.identity = Some(Box::new(identity));
             let body = connected_body(shard, conn);
             conn.queue_text(&reply::result(id, &body));
@@ -318,6 +321,8 @@ async fn publish(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, dat
         info.len(),
         shard.node.config.limits.outbound_queue_bytes,
     )?;
+    let hook = (shard.node.events.as_ref()).filter(|e| e.wants_publish());
+    let hooked = hook.map(|_| (ch.clone(), data.clone()));
     let req = PublishRequest {
         channel: ch,
         data,
@@ -334,6 +339,13 @@ async fn publish(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, dat
     {
         Published::Now(p) => {
             metrics().publications.with_label_values(&["client"]).inc();
+            if let (Some(events), Some((ch, data))) = (hook, hooked) {
+                let client = shard.state.borrow().conns.get(key).map(|c| c.client);
+                let client = client
+                    .map(|n| shard.node.client_name(n))
+                    .unwrap_or_default();
+                events.client_published(&ch, &me.user, &client, &data);
+            }
             send(
                 shard,
                 key,

@@ -174,6 +174,9 @@ impl Shard {
             let out_limit = cfg.limits.outbound_queue_bytes;
             let mut conn = Connection::new(Rc::new(stream), client, deadline, route, out_limit);
             let authenticated = identity.is_some();
+            if let (Some(events), Some(i)) = (&self.node.events, &identity) {
+                events.user_connected(&i.user);
+            }
             conn.identity = identity.map(Box::new);
             if let Some(code) = close_with {
                 conn.closing = Some(code);
@@ -252,6 +255,9 @@ impl Shard {
         metrics().sockets.with_label_values(&[&self.label]).dec();
         if !self.attached.borrow().is_empty() {
             self.attached.borrow_mut().remove(&key);
+        }
+        if let (Some(events), Some(i)) = (&self.node.events, &conn.identity) {
+            events.user_disconnected(&i.user);
         }
         let client = self.node.client_name(conn.client);
         for ch in &conn.subs {
