@@ -43,15 +43,9 @@ pub struct Memberships {
 impl Memberships {
     /// `member` holds `key` until `expires_at`. True when the key went from empty to held.
     pub fn join(&mut self, kind: TrackKind, key: &str, member: &str, expires_at: u64) -> bool {
-        let (created, held) = match self.keys.get_mut(&(kind, key.to_string())) {
-            Some(h) => (false, h),
-            None => (
-                true,
-                self.keys
-                    .entry((kind, key.to_string()))
-                    .or_insert_with(Held::default),
-            ),
-        };
+        let k = (kind, key.to_string());
+        let created = !self.keys.contains_key(&k);
+        let held = self.keys.entry(k).or_default();
         held.members.insert(member.to_string(), expires_at);
         held.vacating = None;
         created
