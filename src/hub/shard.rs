@@ -176,6 +176,9 @@ impl Shard {
             let mut conn =
                 Connection::new(Some(Rc::new(stream)), client, deadline, route, out_limit);
             let authenticated = identity.is_some();
+            if let (Some(events), Some(i)) = (&self.node.events, &identity) {
+                events.user_connected(&i.user);
+            }
             conn.identity = identity.map(Box::new);
             if let Some(code) = close_with {
                 conn.closing = Some(code);
@@ -205,6 +208,9 @@ impl Shard {
             let mut st = self.state.borrow_mut();
             let out_limit = cfg.limits.outbound_queue_bytes;
             let mut conn = Connection::new(None, client, 0, Route::Sse, out_limit);
+            if let Some(events) = &self.node.events {
+                events.user_connected(&identity.user);
+            }
             conn.identity = Some(Box::new(identity));
             let body = serde_json::json!({"connected": connection::connected_body(self, &conn)});
             conn.queue_text(&serde_json::to_vec(&body).expect("json"));
@@ -298,6 +304,9 @@ impl Shard {
         metrics().sockets.with_label_values(&[&self.label]).dec();
         if !self.attached.borrow().is_empty() {
             self.attached.borrow_mut().remove(&key);
+        }
+        if let (Some(events), Some(i)) = (&self.node.events, &conn.identity) {
+            events.user_disconnected(&i.user);
         }
         let client = self.node.client_name(conn.client);
         for ch in &conn.subs {

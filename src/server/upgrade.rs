@@ -252,6 +252,9 @@ fn ws_upgrade(
                 }
                 match verdict {
                     Ok(identity) if conn.identity.is_none() => {
+                        if let Some(events) = &shard.node.events {
+                            events.user_connected(&identity.user);
+                        }
                         conn.identity = Some(Box::new(identity));
                         let body = serde_json::json!({"connected": connected_body(&shard, conn)});
                         conn.queue_text(&serde_json::to_vec(&body).expect("json"));
