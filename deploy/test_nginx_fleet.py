@@ -486,15 +486,18 @@ def scenario(fleet, kind):
     for target in ("nginx", "fleet-a", "fleet-b", "nginx"):
         for _ in range(10):
             seq += 1
-            st, body = via[target].post("publish", {"channel": ROOM, "data": {"seq": seq}})
+            st, body = publish_retrying(via[target], ROOM, {"seq": seq})
             if st == 200:
                 expected.append(seq)
             else:
                 perr.append(f"publish via {target}: {st} {body}")
     for c in clients:
-        st, body = via["nginx"].post("publish", {"channel": f"user:{c.user}", "data": {"for": c.user}})
+        st, body = publish_retrying(via["nginx"], f"user:{c.user}", {"for": c.user})
         if st != 200:
             perr.append(f"publish user:{c.user}: {st} {body}")
+    sse = sse_through_nginx(port, via["nginx"])
+    check(sse is not None and sse < 2.0, f"SSE through nginx (location = /sse): a publication arrives as "
+          f"an event at once ({'-' if sse is None else f'{sse * 1000:.0f} ms'}; nginx buffers nothing)", sse)
     check(not perr, f"{len(expected)} room publications (via nginx, fleet-a and fleet-b) and {CLIENTS} "
           "personal ones accepted", "\n".join(perr))
     late = []
@@ -620,6 +623,51 @@ def scenario(fleet, kind):
           f"fleet-b metrics: broker up, {via_broker:g} publications via the broker (>= the {room_total} room "
           "ones), no broker errors", f"{vals}")
     return finish()
+
+
+def publish_retrying(api, channel, data, tries=3):
+    """A publish, retried on 503 (a node still catching up on its broker just after start answers
+    108 with Retry-After): a 503 is not an accepted publication, so retrying can't duplicate."""
+    for i in range(tries):
+        st, body = api.post("publish", {"channel": channel, "data": data})
+        if st != 503 or i == tries - 1:
+            return st, body
+        time.sleep(0.5)
+
+
+def sse_through_nginx(port, api):
+    """Seconds from a publish to its SSE event read through nginx, or None."""
+    token = mint_token(SECRET, "sse-check")
+    channel = "room:sse-check"
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(f"GET /sse?token={token}&channel={channel} HTTP/1.1\r\nHost: test\r\n"
+                  "Accept: text/event-stream\r\n\r\n".encode())
+        buf = b""
+        deadline = time.time() + 5
+        while b'"subscribe"' not in buf and time.time() < deadline:
+            try:
+                buf += s.recv(65536)
+            except socket.timeout:
+                print(f"      SSE before subscribe: {buf[:600]!r}", flush=True)
+                return None
+        if b" 200 " not in buf.split(b"\r\n", 1)[0]:
+            print(f"      SSE answer: {buf[:300]!r}", flush=True)
+            return None
+        t0 = time.time()
+        st, _ = publish_retrying(api, channel, {"via": "sse-check-payload"})
+        if st != 200:
+            return None
+        while b'sse-check-payload' not in buf and time.time() < t0 + 3:
+            buf += s.recv(65536)
+        s.close()
+        if b'sse-check-payload' not in buf:
+            print(f"      SSE stream so far: {buf[-400:]!r}", flush=True)
+            return None
+        return time.time() - t0
+    except OSError as e:
+        print(f"      SSE: {e}", flush=True)
+        return None
 
 
 def diagnose(fleet, b, clients, on_a, want, accepted, t_sigterm):

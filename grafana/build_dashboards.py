@@ -287,6 +287,12 @@ def fleet():
                      "as each node sees them in the broker.",
                      [target(f"max by (instance) (ferrocast_scheduled_pending{{{N}}})", "{{instance}}")],
                      links=True), 12, 8)
+    L.add(timeseries("Webhook events/s", "Webhook events by name and outcome (sent, failed after "
+                     "retries, dropped on a full queue) and the events waiting in the nodes' queues.",
+                     [target(f"sum by (event, result) ({rate('ferrocast_webhook_events_total')})",
+                             "{{event}} {{result}}", "A"),
+                      target(f"sum(ferrocast_webhook_queue{{{N}}})", "queued", "B")],
+                     unit="ops"), 24, 8)
 
     L.row("Nodes")
     table = {
@@ -444,6 +450,27 @@ def node():
                      [target(f"sum({rate('ferrocast_broker_reconnects_total')})", "reconnects", "A"),
                       target(f"sum({rate('ferrocast_broker_resubscribes_total')})", "resubscribes", "B")],
                      unit="ops"), 6, 8)
+    L.row("Fallback transport and backend proxies")
+    L.add(timeseries("SSE streams", "Open SSE streams (GET /sse, the WebSocket fallback); they are "
+                     "also counted in the sockets panels.",
+                     [target(f"sum(ferrocast_sse_streams{{{N}}})", "sse streams")]), 8, 8)
+    L.add(timeseries("Subscribe/publish proxy calls/s by outcome", "auth.subscribe_proxy_url and "
+                     "auth.publish_proxy_url: allowed (2xx), refused (4xx), unavailable (5xx, "
+                     "timeout: the client got 108).",
+                     [target(f"sum by (proxy, result) ({rate('ferrocast_proxy_requests_total')})",
+                             "{{proxy}} {{result}}")], unit="ops", stack=True), 8, 8)
+    L.row("Webhooks")
+    L.add(timeseries("Webhooks", "Events by outcome, requests by outcome, retries and the queue "
+                     "(bounded by webhooks.queue_size; past it events are dropped).",
+                     [target(f"sum by (result) ({rate('ferrocast_webhook_events_total')})", "events {{result}}", "A"),
+                      target(f"sum by (result) ({rate('ferrocast_webhook_requests_total')})", "requests {{result}}", "B"),
+                      target(f"sum({rate('ferrocast_webhook_retries_total')})", "retries", "C"),
+                      target(f"sum(ferrocast_webhook_queue{{{N}}})", "queued", "D")],
+                     unit="ops"), 12, 8)
+    L.add(timeseries("Webhook request duration", "p50 and p99 of webhook requests.",
+                     [target(quantile(0.5, "ferrocast_webhook_request_duration_seconds"), "p50", "A"),
+                      target(quantile(0.99, "ferrocast_webhook_request_duration_seconds"), "p99", "B")],
+                     unit="s"), 12, 8)
     return dashboard("ferrocast-node", "ferrocast node",
                      "One ferrocast node, per shard: sockets, subscriptions, queues, traffic, latency, "
                      "errors and broker.", L.panels, False,

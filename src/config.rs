@@ -103,7 +103,150 @@ pub struct Config {
     pub client: ClientConfig,
     pub shutdown: ShutdownConfig,
     pub conformance: ConformanceConfig,
+    pub webhooks: WebhooksConfig,
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+}
+
+/// Webhook event names (`webhooks.events`).
+pub const WEBHOOK_EVENTS: [&str; 5] = [
+    "channel_occupied",
+    "channel_vacated",
+    "user_online",
+    "user_offline",
+    "client_publish",
+];
+
+/// Webhooks: lifecycle events decided fleet-wide through the broker, POSTed signed and batched
+/// to `url` (docs/webhooks.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhooksConfig {
+    /// Where events are POSTed (an http:// URL); empty = webhooks off.
+    pub url: String,
+    /// HMAC-SHA256 key of `X-Ferrocast-Signature`.
+    pub secret: String,
+    /// Event names to send; the four lifecycle events by default, `client_publish` only when
+    /// listed. A comma-separated string works too (for environment overrides).
+    #[serde(deserialize_with = "names_or_list")]
+    pub events: Vec<String>,
+    /// channel_vacated waits this long after the last subscriber left (a re-join cancels it).
+    pub vacate_delay: HumanDuration,
+    /// user_offline waits this long after the user's last connection closed.
+    pub offline_delay: HumanDuration,
+    /// Events per request at most.
+    pub batch_max: usize,
+    /// How long a request waits for more events before it goes out.
+    pub batch_wait: HumanDuration,
+    /// Events waiting to be sent at most; past it new events are dropped (and counted).
+    pub queue_size: usize,
+    /// Per request.
+    pub timeout: HumanDuration,
+    /// Retries of a failed request (with exponential backoff) before its events are dropped.
+    pub max_retries: u32,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            secret: String::new(),
+            events: WEBHOOK_EVENTS[..4].iter().map(|s| s.to_string()).collect(),
+            vacate_delay: secs(3),
+            offline_delay: secs(3),
+            batch_max: 100,
+            batch_wait: HumanDuration(Duration::from_millis(100)),
+            queue_size: 10_000,
+            timeout: secs(5),
+            max_retries: 8,
+        }
+    }
+}
+
+impl WebhooksConfig {
+    pub fn enabled(&self) -> bool {
+        !self.url.is_empty()
+    }
+
+    /// Whether `name` is one of the events to send (and webhooks are on).
+    pub fn wants(&self, name: &str) -> bool {
+        self.enabled() && self.events.iter().any(|e| e == name)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        for e in &self.events {
+            if !WEBHOOK_EVENTS.contains(&e.as_str()) {
+                return Err(invalid(
+                    "webhooks.events",
+                    format!("unknown event {e:?} (one of {})", WEBHOOK_EVENTS.join(", ")),
+                ));
+            }
+        }
+        if !self.enabled() {
+            return Ok(());
+        }
+        let uri_ok = self.url.starts_with("http://")
+            && self
+                .url
+                .parse::<hyper::Uri>()
+                .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+        if !uri_ok {
+            return Err(invalid(
+                "webhooks.url",
+                "must be an http:// URL (terminate TLS in a proxy next to the node)",
+            ));
+        }
+        if self.secret.is_empty() {
+            return Err(invalid(
+                "webhooks.secret",
+                "must not be empty when webhooks.url is set",
+            ));
+        }
+        if !(1..=10_000).contains(&self.batch_max) {
+            return Err(invalid("webhooks.batch_max", "1 to 10000"));
+        }
+        if self.queue_size < self.batch_max || self.queue_size > 10_000_000 {
+            return Err(invalid(
+                "webhooks.queue_size",
+                "at least webhooks.batch_max and at most 10000000",
+            ));
+        }
+        if self.batch_wait.0 > Duration::from_secs(60) {
+            return Err(invalid("webhooks.batch_wait", "at most 60s"));
+        }
+        if self.timeout.0.is_zero() || self.timeout.0 > Duration::from_secs(300) {
+            return Err(invalid("webhooks.timeout", "positive, at most 300s"));
+        }
+        for (key, d) in [
+            ("webhooks.vacate_delay", self.vacate_delay),
+            ("webhooks.offline_delay", self.offline_delay),
+        ] {
+            if d.0 > Duration::from_secs(3600) {
+                return Err(invalid(key, "at most 1h"));
+            }
+        }
+        if self.max_retries > 100 {
+            return Err(invalid("webhooks.max_retries", "at most 100"));
+        }
+        Ok(())
+    }
+}
+
+/// A list of names, or one string of comma-separated names.
+fn names_or_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(l) => l,
+        Raw::Text(t) => t
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect(),
+    })
 }
 
 /// The RFC 6455 conformance echo route (for the Autobahn|Testsuite fuzzing client).
@@ -556,6 +699,7 @@ impl Config {
         if self.shutdown.drain_seconds > 3600 {
             return Err(invalid("shutdown.drain_seconds", "at most 3600"));
         }
+        self.webhooks.validate()?;
         for (name, ns) in &self.namespaces {
             let valid = name
                 .bytes()
@@ -770,6 +914,43 @@ mod tests {
         assert!(err.to_string().contains("timeout"), "{err}");
         let err = Config::load(None, &["listen.bogus=1".into()]).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn webhooks_are_checked() {
+        let cfg = Config::load(None, &[]).unwrap();
+        assert!(!cfg.webhooks.enabled());
+        assert!(!cfg.webhooks.wants("user_online"));
+        let on = |extra: &[&str]| {
+            let mut sets = vec![
+                "webhooks.url=http://127.0.0.1:9/hook".to_string(),
+                "webhooks.secret=s".to_string(),
+            ];
+            sets.extend(extra.iter().map(|s| s.to_string()));
+            Config::load(None, &sets)
+        };
+        let cfg = on(&[]).unwrap();
+        assert!(cfg.webhooks.wants("user_online") && cfg.webhooks.wants("channel_vacated"));
+        assert!(!cfg.webhooks.wants("client_publish"), "only when listed");
+        assert_eq!(cfg.webhooks.batch_wait.0, Duration::from_millis(100));
+        let cfg = on(&["webhooks.events=user_online, client_publish"]).unwrap();
+        assert_eq!(cfg.webhooks.events, vec!["user_online", "client_publish"]);
+        let cfg = on(&[r#"webhooks.events=["channel_occupied"]"#]).unwrap();
+        assert_eq!(cfg.webhooks.events, vec!["channel_occupied"]);
+        for (set, key) in [
+            ("webhooks.events=user_online,bogus", "webhooks.events"),
+            ("webhooks.url=https://example.org/hook", "webhooks.url"),
+            ("webhooks.url=http://", "webhooks.url"),
+            ("webhooks.secret=", "webhooks.secret"),
+            ("webhooks.batch_max=0", "webhooks.batch_max"),
+            ("webhooks.queue_size=10", "webhooks.queue_size"),
+            ("webhooks.timeout=0s", "webhooks.timeout"),
+            ("webhooks.offline_delay=2h", "webhooks.offline_delay"),
+            ("webhooks.max_retries=1000", "webhooks.max_retries"),
+        ] {
+            let e = on(&[set]).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{set}: {e}");
+        }
     }
 
     #[test]

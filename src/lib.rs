@@ -8,6 +8,8 @@
 //!   socket reads and the close linger. Knows nothing of hubs or brokers.
 //! - `broker/` — the `Broker` trait, the memory and Redis implementations, and the
 //!   `DeliverySink` trait they deliver to. No `hub` import.
+//! - `events/` — lifecycle events decided fleet-wide through the broker, and the webhook sender.
+//!   No `hub` import.
 //! - `hub/` — shards, client connections and commands, fan-out, the node's shared state (`Node`);
 //!   implements `DeliverySink`.
 //! - `server/` (listeners, accept, upgrade, admin) and `api/` (the server API), side by side.
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod broker;
 pub mod clock;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod hub;
 pub mod metrics;

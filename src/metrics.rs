@@ -42,6 +42,11 @@ pub struct Metrics {
     pub scheduled_pending: IntGauge,
     pub api_requests: IntCounterVec,
     pub draining: IntGauge,
+    pub webhook_events: IntCounterVec,
+    pub webhook_requests: IntCounterVec,
+    pub webhook_retries: IntCounter,
+    pub webhook_queue: IntGauge,
+    pub webhook_duration: Histogram,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -107,6 +112,16 @@ impl Metrics {
         )
         .expect("metric");
         r.register(Box::new(broker_latency.clone()))
+            .expect("register");
+        let webhook_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "ferrocast_webhook_request_duration_seconds",
+                "Webhook requests, from sending to the receiver's answer (or the timeout).",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )
+        .expect("metric");
+        r.register(Box::new(webhook_duration.clone()))
             .expect("register");
         Metrics {
             build_info,
@@ -211,6 +226,29 @@ impl Metrics {
                 &["route", "status"],
             ),
             draining: gauge(&r, "ferrocast_draining", "1 while the node drains for shutdown."),
+            webhook_events: counter_vec(
+                &r,
+                "ferrocast_webhook_events_total",
+                "Webhook events by name and outcome: sent (a 2xx answer), failed (retries exhausted), dropped (queue full).",
+                &["event", "result"],
+            ),
+            webhook_requests: counter_vec(
+                &r,
+                "ferrocast_webhook_requests_total",
+                "Webhook requests by outcome (ok = 2xx, status = another HTTP status, timeout, error).",
+                &["result"],
+            ),
+            webhook_retries: counter(
+                &r,
+                "ferrocast_webhook_retries_total",
+                "Webhook requests sent again after a failed attempt.",
+            ),
+            webhook_queue: gauge(
+                &r,
+                "ferrocast_webhook_queue",
+                "Webhook events waiting to be sent (bounded by webhooks.queue_size).",
+            ),
+            webhook_duration,
             registry: r,
         }
         .with_known_labels()
@@ -272,6 +310,14 @@ impl Metrics {
         ] {
             self.client_commands.with_label_values(&[cmd]);
         }
+        for event in crate::config::WEBHOOK_EVENTS {
+            for result in ["sent", "failed", "dropped"] {
+                self.webhook_events.with_label_values(&[event, result]);
+            }
+        }
+        for result in ["ok", "status", "timeout", "error"] {
+            self.webhook_requests.with_label_values(&[result]);
+        }
         for route in API_ROUTES {
             self.api_requests.with_label_values(&[&route[5..], "200"]);
         }
@@ -331,6 +377,10 @@ pub const BROKER_OPS: &[&str] = &[
     "presence_stats",
     "control",
     "nodes",
+    "track_join",
+    "track_leave",
+    "track_refresh",
+    "track_sweep",
 ];
 
 /// The `kind` label values of `ferrocast_protocol_errors_total`.

@@ -70,7 +70,9 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         let (hub, inboxes) = Hub::new(shards);
         hub.set_max_backlog(config.limits.max_inbox_backlog);
         let broker = crate::broker::build(&config.broker, hub.clone()).await?;
-        let node = Node::new(config, broker, hub.clone())?;
+        let mut node = Node::new(config, broker, hub.clone())?;
+        let events = crate::events::Events::start(&node.config, node.broker.clone(), &node.id, &node.name);
+        Arc::get_mut(&mut node).expect("not shared yet").events = events;
         let cores = if node.config.listen.pin_shards {
             core_affinity::get_core_ids().unwrap_or_default()
         } else {
@@ -102,6 +104,10 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         let budget = Duration::from_secs(node.config.shutdown.drain_seconds + 10);
         if tokio::time::timeout(budget, hub.drain()).await.is_err() {
             tracing::warn!("drain did not finish in time; exiting anyway");
+        }
+        if let Some(events) = &node.events {
+            // The drained connections' leaves reach the broker, queued webhooks go out.
+            events.flush(Duration::from_secs(5)).await;
         }
         admin_task.abort();
         scheduled.abort();

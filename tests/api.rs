@@ -446,6 +446,7 @@ fn openapi_document_lists_exactly_the_api_routes() {
         "/api/history",
         "/api/info",
         "/api/cancel",
+        "/api/subscribe",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -455,7 +456,10 @@ fn openapi_document_lists_exactly_the_api_routes() {
         .map(|s| s.to_string())
         .collect();
     assert_eq!(served, want, "the routes the server serves");
-    let got = openapi_paths(&yaml);
+    let mut got = openapi_paths(&yaml);
+    // The document also describes the clients' SSE endpoint (a GET on the same listener).
+    let sse = got.remove("/sse").expect("/sse is documented");
+    assert!(sse.lines().any(|l| l.starts_with("get:")), "{sse}");
     assert_eq!(
         got.keys().cloned().collect::<BTreeSet<_>>(),
         want,

@@ -54,16 +54,17 @@ pub fn pick_headers(req: &HeaderMap, names: &[String]) -> Vec<(HeaderName, Heade
     out
 }
 
-/// Asks the backend who this connection is.
+/// Asks the backend who this connection is (`transport`: `websocket` or `sse`).
 pub async fn connect(
     url: &str,
     headers: Vec<(HeaderName, HeaderValue)>,
     client_id: &str,
+    transport: &str,
     timeout: Duration,
 ) -> Result<Identity, AuthError> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let body =
-        serde_json::to_vec(&serde_json::json!({"client": client_id, "transport": "websocket"}))
+        serde_json::to_vec(&serde_json::json!({"client": client_id, "transport": transport}))
             .expect("json");
     let mut req = hyper::Request::post(url)
         .header(hyper::header::CONTENT_TYPE, "application/json")

@@ -12,7 +12,7 @@ use prometheus::{Histogram, IntCounter};
 
 use super::{
     Broker, BrokerError, ChannelOptions, Control, DeliverySink, HistoryResult, NodeInfo,
-    PresenceEntry, PublishRequest, Published,
+    PresenceEntry, PublishRequest, Published, TrackKind,
 };
 use crate::metrics::metrics;
 use crate::protocol::{ChannelName, Position};
@@ -160,6 +160,50 @@ impl Broker for Instrumented {
 
     async fn nodes(&self, local: NodeInfo) -> Result<Vec<NodeInfo>, BrokerError> {
         self.timed("nodes", self.inner.nodes(local)).await
+    }
+
+    async fn track_join(
+        &self,
+        kind: TrackKind,
+        key: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        self.timed("track_join", self.inner.track_join(kind, key, member, ttl))
+            .await
+    }
+
+    async fn track_leave(
+        &self,
+        kind: TrackKind,
+        key: &str,
+        member: &str,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        self.timed(
+            "track_leave",
+            self.inner.track_leave(kind, key, member, delay),
+        )
+        .await
+    }
+
+    async fn track_refresh(
+        &self,
+        kind: TrackKind,
+        keys: &[String],
+        member: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, BrokerError> {
+        self.timed(
+            "track_refresh",
+            self.inner.track_refresh(kind, keys, member, ttl),
+        )
+        .await
+    }
+
+    async fn track_sweep(&self, kind: TrackKind) -> Result<Vec<String>, BrokerError> {
+        self.timed("track_sweep", self.inner.track_sweep(kind))
+            .await
     }
 
     fn scheduled_pending(&self) -> usize {

@@ -18,9 +18,10 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use super::tracking::Memberships;
 use super::{
     Broker, BrokerError, ChannelOptions, Control, DeliverySink, HistoryItem, HistoryResult,
-    NodeInfo, PresenceEntry, PublishRequest, Published, StreamPosition,
+    NodeInfo, PresenceEntry, PublishRequest, Published, StreamPosition, TrackKind,
 };
 use crate::clock::unix_micros;
 use crate::protocol::{reply, ChannelName, Position};
@@ -100,6 +101,8 @@ struct Inner {
     seq: AtomicU64,
     /// The broker's clock for stream expiry (`now_ms`).
     started: Instant,
+    /// Webhooks' memberships (users online, channels occupied); empty unless webhooks are on.
+    tracking: Mutex<Memberships>,
 }
 
 pub struct MemoryBroker {
@@ -119,6 +122,7 @@ impl MemoryBroker {
             schedule_changed: Notify::new(),
             seq: AtomicU64::new(1),
             started: Instant::now(),
+            tracking: Mutex::new(Memberships::default()),
         });
         tokio::spawn(run_scheduler(inner.clone()));
         tokio::spawn(run_sweeper(Arc::downgrade(&inner)));
@@ -366,6 +370,53 @@ impl Broker for MemoryBroker {
 
     async fn nodes(&self, local: NodeInfo) -> Result<Vec<NodeInfo>, BrokerError> {
         Ok(vec![local])
+    }
+
+    async fn track_join(
+        &self,
+        kind: TrackKind,
+        key: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        let expires = self.inner.now_ms() + ttl_ms(ttl);
+        Ok(self.inner.tracking.lock().join(kind, key, member, expires))
+    }
+
+    async fn track_leave(
+        &self,
+        kind: TrackKind,
+        key: &str,
+        member: &str,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        let now = self.inner.now_ms();
+        self.inner
+            .tracking
+            .lock()
+            .leave(kind, key, member, now, ttl_ms(delay));
+        Ok(())
+    }
+
+    async fn track_refresh(
+        &self,
+        kind: TrackKind,
+        keys: &[String],
+        member: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, BrokerError> {
+        let expires = self.inner.now_ms() + ttl_ms(ttl);
+        let mut m = self.inner.tracking.lock();
+        Ok(keys
+            .iter()
+            .filter(|k| !m.refresh(kind, k, member, expires))
+            .cloned()
+            .collect())
+    }
+
+    async fn track_sweep(&self, kind: TrackKind) -> Result<Vec<String>, BrokerError> {
+        let now = self.inner.now_ms();
+        Ok(self.inner.tracking.lock().sweep(kind, now))
     }
 
     fn scheduled_pending(&self) -> usize {

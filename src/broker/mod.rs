@@ -9,6 +9,7 @@
 pub mod instrumented;
 pub mod memory;
 pub mod redis;
+pub mod tracking;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -158,6 +159,28 @@ pub enum Published {
     Scheduled(String),
 }
 
+/// What a fleet-wide membership tracks (webhooks, `events/`): which nodes hold a user's
+/// connections (user online / offline), which nodes have subscribers of a channel (occupied /
+/// vacated).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TrackKind {
+    User,
+    Channel,
+}
+
+impl TrackKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TrackKind::User => "user",
+            TrackKind::Channel => "channel",
+        }
+    }
+}
+
+fn tracking_unsupported() -> BrokerError {
+    BrokerError::Unavailable("this broker does not track memberships".into())
+}
+
 #[async_trait]
 pub trait Broker: Send + Sync + 'static {
     /// Appends to history (when the channel keeps it), assigns the next offset and delivers to
@@ -222,6 +245,53 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Publishes this node's info and returns every live node's (this one included).
     async fn nodes(&self, local: NodeInfo) -> Result<Vec<NodeInfo>, BrokerError>;
+
+    /// Membership with expiry (webhooks): `member` (a node) holds `key` (a user id or a channel)
+    /// until `ttl` from now unless refreshed. True when the key went from empty to held, fleet
+    /// wide — decided atomically, so exactly one caller sees the transition. A join while the
+    /// key is vacating (see `track_leave`) cancels that and is not a new transition.
+    async fn track_join(
+        &self,
+        _kind: TrackKind,
+        _key: &str,
+        _member: &str,
+        _ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        Err(tracking_unsupported())
+    }
+
+    /// `member` no longer holds `key`. When nobody else does, the key is *vacating* until
+    /// `delay` from now: not yet a transition (`track_sweep` reports it once the delay passed
+    /// and nobody joined meanwhile).
+    async fn track_leave(
+        &self,
+        _kind: TrackKind,
+        _key: &str,
+        _member: &str,
+        _delay: Duration,
+    ) -> Result<(), BrokerError> {
+        Err(tracking_unsupported())
+    }
+
+    /// Extends `member`'s hold of each of `keys` to `ttl` from now. Returns the keys `member`
+    /// did not hold any more (its entry expired and the key was swept): the caller joins them
+    /// again.
+    async fn track_refresh(
+        &self,
+        _kind: TrackKind,
+        _keys: &[String],
+        _member: &str,
+        _ttl: Duration,
+    ) -> Result<Vec<String>, BrokerError> {
+        Err(tracking_unsupported())
+    }
+
+    /// Keys whose transition to empty is final now (the vacating delay passed without a join,
+    /// or every member's hold expired — a crashed node), each reported to exactly one caller
+    /// across the fleet.
+    async fn track_sweep(&self, _kind: TrackKind) -> Result<Vec<String>, BrokerError> {
+        Err(tracking_unsupported())
+    }
 
     /// Scheduled publications waiting (for the metrics gauge).
     fn scheduled_pending(&self) -> usize;

@@ -147,6 +147,9 @@ async fn connect(
     match verified {
         Ok(identity) => {
             let server_side = !identity.subs.is_empty();
+            if let Some(events) = &shard.node.events {
+                events.user_connected(&identity.user);
+            }
             {
                 let mut st = shard.state.borrow_mut();
                 let conn = &mut st.conns[key];
@@ -549,6 +552,8 @@ async fn publish(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, dat
         info.len(),
         shard.node.config.limits.outbound_queue_bytes,
     )?;
+    let hook = (shard.node.events.as_ref()).filter(|e| e.wants_publish());
+    let hooked = hook.map(|_| (ch.clone(), data.clone()));
     let req = PublishRequest {
         channel: ch,
         data,
@@ -565,6 +570,13 @@ async fn publish(shard: &Rc<Shard>, key: usize, id: Option<u64>, name: &str, dat
     {
         Published::Now(p) => {
             metrics().publications.with_label_values(&["client"]).inc();
+            if let (Some(events), Some((ch, data))) = (hook, hooked) {
+                let client = shard.state.borrow().conns.get(key).map(|c| c.client);
+                let client = client
+                    .map(|n| shard.node.client_name(n))
+                    .unwrap_or_default();
+                events.client_published(&ch, &me.user, &client, &data);
+            }
             send(
                 shard,
                 key,

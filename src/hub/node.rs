@@ -96,6 +96,8 @@ pub struct Node {
     /// Shards with local subscribers, per channel: the broker is told to subscribe on 0→1 and
     /// to unsubscribe on 1→0.
     interest: Mutex<HashMap<ChannelName, Interest>>,
+    /// Webhook hooks (`[webhooks]`); None when webhooks are off. Set by the wiring.
+    pub events: Option<Arc<crate::events::Events>>,
 }
 
 impl Node {
@@ -131,6 +133,7 @@ impl Node {
                 ..NamespaceConfig::default()
             },
             interest: Mutex::new(HashMap::new()),
+            events: None,
         }))
     }
 
@@ -204,6 +207,9 @@ impl Node {
                 };
                 let r = self.broker.subscribe(channel).await;
                 leading.finish(r.is_ok());
+                if let (Ok(()), Some(events)) = (&r, &self.events) {
+                    events.channel_occupied(channel);
+                }
                 r
             }
             Role::Wait(mut ready) => {
@@ -229,6 +235,9 @@ impl Node {
     /// A shard lost its last local subscriber of `channel`.
     pub async fn remove_interest(&self, channel: &ChannelName) {
         if self.remove_interest_count(channel) {
+            if let Some(events) = &self.events {
+                events.channel_vacated(channel);
+            }
             if let Err(e) = self.broker.unsubscribe(channel).await {
                 tracing::warn!(%channel, error = %e, "broker unsubscribe failed");
             }

@@ -176,6 +176,9 @@ impl Shard {
             let mut conn =
                 Connection::new(Some(Rc::new(stream)), client, deadline, route, out_limit);
             let authenticated = identity.is_some();
+            if let (Some(events), Some(i)) = (&self.node.events, &identity) {
+                events.user_connected(&i.user);
+            }
             conn.identity = identity.map(Box::new);
             if let Some(code) = close_with {
                 conn.closing = Some(code);
@@ -197,14 +200,17 @@ impl Shard {
     }
 
     /// Adopts an SSE stream (`server::sse`): an authenticated connection without a socket or a
-    /// task; its `connected` push is queued. Returns its key and client number.
-    pub fn register_sse(self: &Rc<Self>, identity: Identity) -> (usize, u64) {
+    /// task, numbered `client` (`Node::next_client_id`); its `connected` push is queued. Returns
+    /// its key.
+    pub fn register_sse(self: &Rc<Self>, identity: Identity, client: u64) -> usize {
         let cfg = &self.node.config;
-        let client = self.node.next_client_id();
         let key = {
             let mut st = self.state.borrow_mut();
             let out_limit = cfg.limits.outbound_queue_bytes;
             let mut conn = Connection::new(None, client, 0, Route::Sse, out_limit);
+            if let Some(events) = &self.node.events {
+                events.user_connected(&identity.user);
+            }
             conn.identity = Some(Box::new(identity));
             let body = serde_json::json!({"connected": connection::connected_body(self, &conn)});
             conn.queue_text(&serde_json::to_vec(&body).expect("json"));
@@ -214,7 +220,7 @@ impl Shard {
         let m = metrics();
         m.connects.inc();
         m.sockets.with_label_values(&[&self.label]).inc();
-        (key, client)
+        key
     }
 
     /// Subscribes an authenticated connection to its identity's `subs` (no recovery: a client
@@ -298,6 +304,9 @@ impl Shard {
         metrics().sockets.with_label_values(&[&self.label]).dec();
         if !self.attached.borrow().is_empty() {
             self.attached.borrow_mut().remove(&key);
+        }
+        if let (Some(events), Some(i)) = (&self.node.events, &conn.identity) {
+            events.user_disconnected(&i.user);
         }
         let client = self.node.client_name(conn.client);
         for ch in &conn.subs {

@@ -82,15 +82,18 @@ pub async fn open(
         .as_deref()
         .map(|id| parse_event_id(id, cfg.limits.max_subscriptions))
         .unwrap_or_default();
+    // The stream's client number: the connect proxy is told the client id it will have.
+    let client_n = node.next_client_id();
     let identity = match query_param(query, "token").filter(|t| !t.is_empty()) {
         Some(token) => node.verifier.verify(&token),
         None if !cfg.auth.proxy_url.is_empty() => {
             let headers = proxy::pick_headers(req.headers(), &cfg.auth.proxy_headers);
-            let client = format!("sse-{}", node.next_client_id());
+            let client = node.client_name(client_n);
             proxy::connect(
                 &cfg.auth.proxy_url,
                 headers,
                 &client,
+                "sse",
                 cfg.auth.proxy_timeout.0,
             )
             .await
@@ -113,7 +116,7 @@ pub async fn open(
         }
     };
     let origin = req.headers().get(hyper::header::ORIGIN).cloned();
-    let (key, client_n) = shard.register_sse(identity);
+    let key = shard.register_sse(identity, client_n);
     // Both live as long as the stream's connection: the per-IP slot is given back, and the
     // HTTP connection is ended, when the shard removes it.
     shard.attach(key, Box::new((slot, EndOnDrop(kill))));

@@ -235,8 +235,14 @@ fn ws_upgrade(
                 let client_n = shard.state.borrow().conns[key].client;
                 let client = shard.node.client_name(client_n);
                 let cfg = &shard.node.config.auth;
-                let verdict =
-                    proxy::connect(&cfg.proxy_url, headers, &client, cfg.proxy_timeout.0).await;
+                let verdict = proxy::connect(
+                    &cfg.proxy_url,
+                    headers,
+                    &client,
+                    "websocket",
+                    cfg.proxy_timeout.0,
+                )
+                .await;
                 let mut st = shard.state.borrow_mut();
                 let Some(conn) = st.conns.get_mut(key) else {
                     return;
@@ -246,6 +252,9 @@ fn ws_upgrade(
                 }
                 match verdict {
                     Ok(identity) if conn.identity.is_none() => {
+                        if let Some(events) = &shard.node.events {
+                            events.user_connected(&identity.user);
+                        }
                         conn.identity = Some(Box::new(identity));
                         let body = serde_json::json!({"connected": connected_body(&shard, conn)});
                         conn.queue_text(&serde_json::to_vec(&body).expect("json"));

@@ -7,6 +7,8 @@ export declare const ErrorCodes: {
   readonly CONNECTION_CLOSED: 3;
   readonly UNSUBSCRIBED: 4;
   readonly TOKEN: 5;
+  /** The command needs WebSocket: the client is on the SSE transport (receive only). */
+  readonly TRANSPORT: 6;
   readonly INTERNAL: 100;
   readonly UNAUTHORIZED: 101;
   readonly UNKNOWN_CHANNEL: 102;
@@ -29,6 +31,8 @@ export declare class FerrocastError extends Error {
   /** For DISCONNECTED / CONNECTION_CLOSED: the close code that ended the connection. */
   readonly closeCode?: number;
   readonly cause?: unknown;
+  /** For errors of a refused SSE stream: the HTTP status (401, 403, 503). */
+  readonly status?: number;
 }
 
 /** Anything constructible like the browser's WebSocket (the `ws` package qualifies). */
@@ -45,6 +49,27 @@ export interface WebSocketLike {
   send(data: string): void;
   close(code?: number, reason?: string): void;
 }
+
+/** Anything constructible like the browser's EventSource. `heartbeats: true` on an instance
+ * means it dispatches `heartbeat` events for comment lines (the built-in FetchEventSource); an
+ * `error` event may carry `status` and `body` of a refused stream. */
+export interface EventSourceConstructor {
+  new (url: string, init?: { withCredentials?: boolean }): EventSourceLike;
+}
+
+export interface EventSourceLike {
+  readonly readyState: number;
+  readonly url: string;
+  readonly lastEventId?: string;
+  readonly heartbeats?: boolean;
+  onopen: ((event: any) => void) | null;
+  onmessage: ((event: any) => void) | null;
+  onerror: ((event: any) => void) | null;
+  addEventListener?(type: string, listener: (event: any) => void): void;
+  close(): void;
+}
+
+export type Transport = 'websocket' | 'sse';
 
 export interface ClientOptions {
   /** A JWT; sent in the `connect` command. */
@@ -72,6 +97,26 @@ export interface ClientOptions {
    * the connection from its cookies (cookie sessions). Default false: without token, the client
    * connects anonymously (`connect` with no token). */
   connectProxy?: boolean;
+  /** Transports the client may use, default `['websocket', 'sse']`: WebSocket first, SSE as the
+   * fallback after `fallbackAfter` WebSocket attempts in a row that fail before opening.
+   * `['sse']`: SSE only (receive only). `['websocket']`: never SSE. */
+  transports?: Transport[];
+  /** The SSE endpoint. Default: derived from the WebSocket URL (ws → http, wss → https, a path
+   * ending in /ws ends in /sse instead, otherwise /sse is appended). */
+  sseUrl?: string;
+  /** The EventSource implementation. Default: the built-in FetchEventSource (over fetch: sees
+   * heartbeats and HTTP status codes); `window.EventSource` works too (no heartbeat liveness,
+   * the status of a refusal is asked once more with fetch). */
+  EventSource?: EventSourceConstructor;
+  /** WebSocket attempts in a row that fail before `open` (error, close or timeout) after which
+   * the client uses SSE. Default 2. */
+  fallbackAfter?: number;
+  /** ms between WebSocket tries while on SSE (the first 1 s after the SSE stream connected);
+   * once one opens the client switches back (close code 3001). 0: never. Default 60000. */
+  wsRetryInterval?: number;
+  /** ms without data or heartbeat after which an SSE stream is treated as dead. Default 2.5 ×
+   * ping interval (only with an EventSource that reports heartbeats). */
+  sseLivenessTimeout?: number;
 }
 
 export type ClientState = 'disconnected' | 'connecting' | 'connected';
@@ -82,6 +127,8 @@ export interface ConnectedContext {
   user: string;
   node: string;
   ping_interval: number;
+  /** The transport of this connection. */
+  transport: Transport;
   [key: string]: unknown;
 }
 
@@ -118,6 +165,8 @@ export interface SubscribedContext {
   epoch: string;
   /** How many recovered publications follow. */
   publications: number;
+  /** true: a server-side subscription (announced by the server, not asked for by the client). */
+  serverSide: boolean;
 }
 
 export interface UnsubscribedContext {
@@ -145,8 +194,16 @@ export interface HistoryPublication<T = any> {
   info?: { user: string; [key: string]: unknown };
 }
 
+export interface SubscriptionCreatedContext {
+  channel: string;
+  subscription: Subscription;
+}
+
 export interface ClientEvents {
   state: { state: ClientState; previous: ClientState };
+  /** A server-side subscription new to the client (token `subs`, `POST /api/subscribe`):
+   * emitted before its `subscribed` event, so listeners attached here see everything. */
+  subscription: SubscriptionCreatedContext;
   connected: ConnectedContext;
   disconnected: DisconnectedContext;
   publication: PublicationContext;
@@ -179,6 +236,8 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
   /** Offset of the last publication processed; null before the first subscribe reply. */
   readonly offset: number | null;
   readonly epoch: string | null;
+  /** true: subscribed by the server (recovered on reconnect through `connect.subs`). */
+  readonly serverSide: boolean;
   /** Resolves when subscribed. Rejects (FerrocastError) when the server refuses the subscription,
    * when it is unsubscribed, when the client ends in `disconnected`, or after `timeoutMs`. */
   ready(timeoutMs?: number): Promise<this>;
@@ -203,6 +262,8 @@ export declare class Client extends Emitter<ClientEvents> {
   constructor(url: string, options?: ClientOptions);
   readonly url: string;
   readonly state: ClientState;
+  /** The transport of the current (or last attempted) connection; null before the first. */
+  readonly transport: Transport | null;
   /** The `connected` push of the current connection; null when not connected. */
   readonly info: ConnectedContext | null;
   connect(): this;
@@ -222,6 +283,29 @@ export declare class Client extends Emitter<ClientEvents> {
   ping(): Promise<Record<string, never>>;
   /** Uses `token` for the next connections and, when connected, sends it with `refresh`. */
   setToken(token: string): Promise<{ expires_at: number | null } | null>;
+}
+
+/** ws → http, wss → https, /ws → /sse (else /sse appended); the query string is kept. */
+export declare function deriveSseUrl(wsUrl: string): string;
+
+/** An EventSource over fetch with a streamed body (the default for the SSE transport). */
+export declare class FetchEventSource implements EventSourceLike {
+  static readonly CONNECTING: 0;
+  static readonly OPEN: 1;
+  static readonly CLOSED: 2;
+  constructor(url: string, init?: { withCredentials?: boolean; fetch?: typeof fetch });
+  readonly url: string;
+  readonly withCredentials: boolean;
+  readonly readyState: number;
+  readonly lastEventId: string;
+  readonly heartbeats: true;
+  onopen: ((event: { type: 'open' }) => void) | null;
+  onmessage: ((event: { type: string; data: string; lastEventId: string }) => void) | null;
+  /** `status` 0: the stream broke (it reconnects); otherwise the HTTP status of a refusal (closed). */
+  onerror: ((event: { type: 'error'; status: number; body?: unknown }) => void) | null;
+  addEventListener(type: string, listener: (event: any) => void): void;
+  removeEventListener(type: string, listener: (event: any) => void): void;
+  close(): void;
 }
 
 export default Client;

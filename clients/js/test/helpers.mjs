@@ -76,10 +76,11 @@ function b64url(buf) {
 }
 
 /** An HS256 JWT for `sub`; `ttl` seconds (negative = already expired, null = no exp). */
-export function mintToken(sub, { ttl = 3600, channels, info, secret = TOKEN_SECRET } = {}) {
+export function mintToken(sub, { ttl = 3600, channels, subs, info, secret = TOKEN_SECRET } = {}) {
   const claims = { sub };
   if (ttl !== null) claims.exp = Math.floor(Date.now() / 1000) + ttl;
   if (channels) claims.channels = channels;
+  if (subs) claims.subs = subs;
   if (info !== undefined) claims.info = info;
   const head = b64url(JSON.stringify({ alg: 'HS256', typ: 'JWT' }));
   const body = b64url(JSON.stringify(claims));
@@ -220,6 +221,10 @@ export class Server {
 
   get wsUrl() {
     return `ws://127.0.0.1:${this.publicPort}/ws`;
+  }
+
+  get sseUrl() {
+    return `http://127.0.0.1:${this.publicPort}/sse`;
   }
 
   get apiUrl() {
@@ -393,5 +398,113 @@ export class Proxy {
   close() {
     this.cut();
     return new Promise((resolve) => this.server.close(() => resolve()));
+  }
+}
+
+/** An HTTP proxy in front of `targetPort` like a corporate one that breaks WebSockets: plain
+ * requests (the SSE stream included, streamed) pass; an Upgrade is refused with 403 while
+ * `blockWebSocket` is set (else tunnelled). `cutStreams()` ends every open proxied response
+ * abruptly (the client sees the stream break); `files` ({path: {type, body}}) are served by
+ * the proxy itself, so that a page and the node share one origin. `requests` logs
+ * `{url, headers}` of every proxied request. */
+export class HttpProxy {
+  static start(targetPort, options = {}) {
+    const proxy = new HttpProxy(targetPort, options);
+    return new Promise((resolve, reject) => {
+      proxy.server.on('error', reject);
+      proxy.server.listen(0, '127.0.0.1', () => {
+        proxy.port = proxy.server.address().port;
+        resolve(proxy);
+      });
+    });
+  }
+
+  constructor(targetPort, { blockWebSocket = true, files = {} } = {}) {
+    this.targetPort = targetPort;
+    this.blockWebSocket = blockWebSocket;
+    this.files = files;
+    this.requests = [];
+    this.upgrades = 0;
+    this.live = new Set(); // sockets of proxied requests and tunnels
+    this.server = http.createServer((req, res) => this._request(req, res));
+    this.server.on('upgrade', (req, socket, head) => this._upgrade(req, socket, head));
+  }
+
+  get origin() {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  get wsUrl() {
+    return `ws://127.0.0.1:${this.port}/ws`;
+  }
+
+  _track(socket) {
+    this.live.add(socket);
+    socket.on('close', () => this.live.delete(socket));
+  }
+
+  _request(req, res) {
+    const path = req.url.split('?')[0];
+    const file = this.files[path];
+    if (file) {
+      res.writeHead(200, { 'content-type': file.type, 'cache-control': 'no-store' });
+      res.end(typeof file.body === 'function' ? file.body() : file.body);
+      return;
+    }
+    this.requests.push({ url: req.url, headers: { ...req.headers } });
+    const upstream = http.request(
+      { host: '127.0.0.1', port: this.targetPort, method: req.method, path: req.url, headers: req.headers, agent: false },
+      (up) => {
+        res.writeHead(up.statusCode, up.headers);
+        res.flushHeaders();
+        up.on('data', (d) => res.write(d));
+        up.on('end', () => res.end());
+        up.on('error', () => res.destroy());
+      },
+    );
+    upstream.on('socket', (s) => this._track(s));
+    this._track(req.socket);
+    upstream.on('error', () => res.destroy());
+    res.on('close', () => upstream.destroy());
+    req.pipe(upstream);
+  }
+
+  _upgrade(req, socket, head) {
+    this.upgrades++;
+    if (this.blockWebSocket) {
+      socket.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+      return;
+    }
+    const upstream = net.connect(this.targetPort, '127.0.0.1', () => {
+      let head0 = `${req.method} ${req.url} HTTP/1.1\r\n`;
+      for (let i = 0; i < req.rawHeaders.length; i += 2) head0 += `${req.rawHeaders[i]}: ${req.rawHeaders[i + 1]}\r\n`;
+      upstream.write(head0 + '\r\n');
+      if (head && head.length) upstream.write(head);
+      upstream.pipe(socket);
+      socket.pipe(upstream);
+    });
+    this._track(socket);
+    this._track(upstream);
+    const end = () => {
+      socket.destroy();
+      upstream.destroy();
+    };
+    socket.on('error', end);
+    upstream.on('error', end);
+    socket.on('close', end);
+    upstream.on('close', end);
+  }
+
+  /** Ends every open proxied connection (SSE streams, tunnelled WebSockets) without a goodbye. */
+  cutStreams() {
+    for (const s of this.live) s.destroy();
+    this.live.clear();
+  }
+
+  close() {
+    const closed = new Promise((resolve) => this.server.close(() => resolve()));
+    this.cutStreams();
+    this.server.closeAllConnections();
+    return closed;
   }
 }

@@ -16,6 +16,7 @@
 //! | `P:{!sched:N}:z/h/i:<key>` | scheduled publications, 16 buckets spread over slots |
 //! | `P:{!nodes}` / `P:{!nodes}:z` | node infos for `/api/info`, with expiry |
 //! | `P:{!ctl}` | shard channel of fleet-wide commands (disconnect, unsubscribe) |
+//! | `P:{C}:w`, `P:{!u:<user>}:w`, `P:{!track:<u/c>:N}:z` | webhooks' memberships and their sweep index (`tracking`) |
 //!
 //! Delivery guarantees on a node: every publication of a channel it subscribes to passes one
 //! sequencer (per channel: epoch and last offset delivered). Duplicates are dropped; a gap (a
@@ -37,6 +38,7 @@
 //! | `sequencer` | the per-channel sequencer, a pure state machine (holds a channel's publications until its baseline, or while it is repaired) |
 //! | `scheduling` | scheduled publications: buckets, claims with a lease, cancel |
 //! | `presence` | presence entries with expiry |
+//! | `tracking` | membership with expiry for webhooks (users online, channels occupied) |
 
 mod connection;
 mod presence;
@@ -44,6 +46,7 @@ mod scheduling;
 mod scripts;
 mod sequencer;
 mod subscriptions;
+mod tracking;
 
 pub use connection::{parse_url, StartError};
 
@@ -62,7 +65,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{
     new_epoch, Broker, BrokerError, ChannelOptions, Control, DeliverySink, HistoryItem,
-    HistoryResult, NodeInfo, PresenceEntry, PublishRequest, Published, StreamPosition,
+    HistoryResult, NodeInfo, PresenceEntry, PublishRequest, Published, StreamPosition, TrackKind,
 };
 use crate::config::BrokerConfig;
 use crate::metrics::metrics;
@@ -541,6 +544,40 @@ impl Broker for RedisBroker {
             .collect();
         out.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
         Ok(out)
+    }
+
+    async fn track_join(
+        &self,
+        kind: TrackKind,
+        key: &str,
+        member: &str,
+        ttl: Duration,
+    ) -> Result<bool, BrokerError> {
+        tracking::join(&self.inner, kind, key, member, ttl).await
+    }
+
+    async fn track_leave(
+        &self,
+        kind: TrackKind,
+        key: &str,
+        member: &str,
+        delay: Duration,
+    ) -> Result<(), BrokerError> {
+        tracking::leave(&self.inner, kind, key, member, delay).await
+    }
+
+    async fn track_refresh(
+        &self,
+        kind: TrackKind,
+        keys: &[String],
+        member: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, BrokerError> {
+        tracking::refresh(&self.inner, kind, keys, member, ttl).await
+    }
+
+    async fn track_sweep(&self, kind: TrackKind) -> Result<Vec<String>, BrokerError> {
+        tracking::sweep(&self.inner, kind).await
     }
 
     fn scheduled_pending(&self) -> usize {

@@ -15,6 +15,13 @@ const SCHEDULE_DONE: &str = include_str!("scripts/schedule_done.lua");
 const SCHEDULE_CANCEL: &str = include_str!("scripts/schedule_cancel.lua");
 const NODES: &str = include_str!("scripts/nodes.lua");
 const POSITION: &str = include_str!("scripts/position.lua");
+const TRACK_JOIN: &str = include_str!("scripts/track_join.lua");
+const TRACK_LEAVE: &str = include_str!("scripts/track_leave.lua");
+const TRACK_REFRESH: &str = include_str!("scripts/track_refresh.lua");
+const TRACK_SWEEP: &str = include_str!("scripts/track_sweep.lua");
+const TRACK_INDEX: &str = include_str!("scripts/track_index.lua");
+const TRACK_CLAIM: &str = include_str!("scripts/track_claim.lua");
+const TRACK_SETTLE: &str = include_str!("scripts/track_settle.lua");
 
 /// Script handles (SHA-1 computed once; `EVALSHA`, loading the script on `NOSCRIPT`).
 pub(super) struct Scripts {
@@ -29,6 +36,13 @@ pub(super) struct Scripts {
     pub(super) schedule_cancel: Script,
     pub(super) nodes: Script,
     pub(super) position: Script,
+    pub(super) track_join: Script,
+    pub(super) track_leave: Script,
+    pub(super) track_refresh: Script,
+    pub(super) track_sweep: Script,
+    pub(super) track_index: Script,
+    pub(super) track_claim: Script,
+    pub(super) track_settle: Script,
 }
 
 impl Scripts {
@@ -45,6 +59,13 @@ impl Scripts {
             schedule_cancel: Script::from_lua(SCHEDULE_CANCEL),
             nodes: Script::from_lua(NODES),
             position: Script::from_lua(POSITION),
+            track_join: Script::from_lua(TRACK_JOIN),
+            track_leave: Script::from_lua(TRACK_LEAVE),
+            track_refresh: Script::from_lua(TRACK_REFRESH),
+            track_sweep: Script::from_lua(TRACK_SWEEP),
+            track_index: Script::from_lua(TRACK_INDEX),
+            track_claim: Script::from_lua(TRACK_CLAIM),
+            track_settle: Script::from_lua(TRACK_SETTLE),
         }
     }
 }
@@ -68,6 +89,13 @@ mod tests {
             (&s.schedule_cancel, "return 0"),
             (&s.nodes, "HVALS"),
             (&s.position, "HMGET"),
+            (&s.track_join, "EXISTS"),
+            (&s.track_leave, "'~v'"),
+            (&s.track_refresh, "HEXISTS"),
+            (&s.track_sweep, "DEL"),
+            (&s.track_index, "ZSCORE"),
+            (&s.track_claim, "ZRANGEBYSCORE"),
+            (&s.track_settle, "ZREM"),
         ];
         let mut shas: Vec<&str> = all.iter().map(|(s, _)| &**s.sha1()).collect();
         shas.sort_unstable();
