@@ -203,7 +203,8 @@ class Receiver:
                     hit = [s for s in receiver.fail_once if s.encode() in body]
                     receiver.fail_once.difference_update(hit)
                     fail = bool(hit)
-                receiver.requests.put((self.path, dict(self.headers), body, time.time(), fail))
+                headers = {k.lower(): v for k, v in self.headers.items()}  # hyper sends lower case
+                receiver.requests.put((self.path, headers, body, time.time(), fail))
                 self.send_response(500 if fail else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -234,7 +235,7 @@ class Receiver:
             except queue.Empty:
                 continue
             path, headers, body, _, _ = req
-            payload = webhooks.verify(body, headers.get(webhooks.SIGNATURE_HEADER), HOOK_SECRET)
+            payload = webhooks.verify(body, headers.get(webhooks.SIGNATURE_HEADER.lower()), HOOK_SECRET)
             self.seen.append((req, payload))
 
     def stop(self):
@@ -270,12 +271,13 @@ def test_real_node_sends_signed_lifecycle_events(hooked):
     on, req = rec.events(lambda e: isinstance(e, UserOnline) and e.user == user)
     path, headers, body, received, _ = req
     assert path == "/hooks/ferrocast"
-    assert headers["Content-Type"].startswith("application/json")
-    assert headers[webhooks.SIGNATURE_HEADER].startswith("sha256=")
+    assert headers["content-type"].startswith("application/json")
+    sig = headers[webhooks.SIGNATURE_HEADER.lower()]
+    assert sig.startswith("sha256=") and sig == webhooks.sign(body, HOOK_SECRET)
     assert abs(on.time_ms / 1000 - received) < 5
     with pytest.raises(InvalidSignature):
-        webhooks.verify(body, headers[webhooks.SIGNATURE_HEADER], "not-the-secret")
-    assert webhooks.parse(webhooks.verify(body, headers[webhooks.SIGNATURE_HEADER], HOOK_SECRET)).node
+        webhooks.verify(body, sig, "not-the-secret")
+    assert webhooks.parse(webhooks.verify(body, sig, HOOK_SECRET)).node
 
     c.subscribe(ch)
     rec.events(lambda e: isinstance(e, ChannelOccupied) and e.channel == ch)
