@@ -25,7 +25,9 @@ from django.core import mail
 from django.core.management import call_command
 from django.db import DatabaseError, transaction
 from django.test import Client as DjangoClient
+from django.core.servers.basehttp import WSGIServer
 from django.test import LiveServerTestCase, TestCase, override_settings
+from django.test.testcases import LiveServerThread
 from django.utils import timezone
 
 from ferrocast import Client, FerrocastError, decode_token, make_token, webhooks
@@ -443,12 +445,26 @@ def _ws_open(port: int, token: str) -> socket.socket:
     return s
 
 
+class _OneRequestPerConnection(WSGIServer):
+    """Requests handled in the server thread itself, each answered with ``Connection: close``
+    (Django does that for a server without threads): no thread left holding the node's
+    keep-alive connection, and the test database, when the test ends."""
+
+    def __init__(self, *args, connections_override=None, **kwargs):
+        super().__init__(*args, **kwargs)
+
+
+class _LiveServerThread(LiveServerThread):
+    server_class = _OneRequestPerConnection
+
+
 class WebhookLiveTests(LiveServerTestCase):
     """The real node sends its webhooks to this live Django server (FERROCAST_WEBHOOKS__URL,
     offline_delay 300ms): a reader's page connects and goes away, Django learns it from the
     node, and what is published meanwhile (after real commits) ends up in the digest."""
 
     port = 0  # set by setUpModule: the port the node's [webhooks] url points at
+    server_thread_class = _LiveServerThread
 
     def setUp(self):
         call_command("seed_library", stdout=open(os.devnull, "w"))
