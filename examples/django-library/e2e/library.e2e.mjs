@@ -158,6 +158,7 @@ before(async () => {
     FERROCAST_WEBHOOKS__URL: `${base}/ferrocast/webhook/`,
     FERROCAST_WEBHOOKS__OFFLINE_DELAY: '500ms',
     DIGEST_DELAY_SECONDS: '0',
+    SITE_URL: base,
     DJANGO_EMAIL_BACKEND: 'django.core.mail.backends.console.EmailBackend',
     PYTHONUNBUFFERED: '1',
   };
@@ -324,7 +325,10 @@ test('a reader who goes offline gets a digest e-mail of the notices she missed',
   // her last page closes: the node's user_offline webhook reaches Django (after offline_delay)
   await alicePhone.ctx.close();
   const isOffline = () =>
-    manage('shell', '-c', "from library.models import PendingDigest as P; print(P.objects.filter(user__username='alice').exists())").trim();
+    manage('shell', '-v', '0', '-c', "from library.models import PendingDigest as P; print(P.objects.filter(user__username='alice').exists())")
+      .trim()
+      .split('\n')
+      .pop();
   const deadline = Date.now() + 10000;
   while (isOffline() !== 'True') {
     assert.ok(Date.now() < deadline, 'no user_offline webhook for alice within 10 s');
