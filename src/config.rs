@@ -166,7 +166,10 @@ impl Config {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
             {
-                return Err(invalid(&k("app_id"), "1 to 64 characters of [A-Za-z0-9_.-]"));
+                return Err(invalid(
+                    &k("app_id"),
+                    "1 to 64 characters of [A-Za-z0-9_.-]",
+                ));
             }
             if app.key.is_empty()
                 || app.key.len() > 128

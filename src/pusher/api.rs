@@ -101,7 +101,10 @@ fn authenticate(
     if !body.is_empty() {
         let md5 = p::hex(&p::md5(body));
         if get("body_md5") != Some(md5.as_str()) {
-            return Err(text(401, "Invalid body_md5: the MD5 of the request body does not match"));
+            return Err(text(
+                401,
+                "Invalid body_md5: the MD5 of the request body does not match",
+            ));
         }
     }
     let to_sign = p::api_string_to_sign(method, path, params);
@@ -288,7 +291,12 @@ async fn channels(
             };
             let mut attrs = json!({});
             if user_count {
-                let users = node.broker.presence_stats(&ch).await.map(|s| s.1).unwrap_or(0);
+                let users = node
+                    .broker
+                    .presence_stats(&ch)
+                    .await
+                    .map(|s| s.1)
+                    .unwrap_or(0);
                 if users == 0 {
                     continue;
                 }
@@ -300,7 +308,12 @@ async fn channels(
     ok(&json!({ "channels": out }))
 }
 
-async fn channel(node: &Node, app: &PusherAppConfig, name: &str, info: Option<&str>) -> Response<Body> {
+async fn channel(
+    node: &Node,
+    app: &PusherAppConfig,
+    name: &str,
+    info: Option<&str>,
+) -> Response<Body> {
     let ch = match p::to_ferrocast(&app.app_id, name) {
         Ok(ch) => ch,
         Err(e) => return text(400, e.message()),

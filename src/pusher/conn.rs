@@ -71,7 +71,12 @@ pub fn opened(shard: &Rc<Shard>, key: usize, path: &str, query: &str) {
     let app = &node.config.pusher.apps[app_index];
     match crate::server::upgrade::query_param(query, "protocol").map(|v| v.parse::<u32>()) {
         None => {
-            refuse(shard, key, codes::NO_PROTOCOL, "No protocol version supplied");
+            refuse(
+                shard,
+                key,
+                codes::NO_PROTOCOL,
+                "No protocol version supplied",
+            );
             shard.flush(key);
             return;
         }
@@ -175,7 +180,12 @@ pub async fn handle(shard: &Rc<Shard>, key: usize, msg: Bytes) {
         "pusher:ping" => send(shard, key, client, br#"{"event":"pusher:pong","data":{}}"#),
         "pusher:subscribe" => match data_object::<SubscribeData>(m.data) {
             Some(d) => subscribe(shard, key, client, app, &socket_id, d).await,
-            None => send(shard, key, client, &p::error(None, "Invalid subscribe data")),
+            None => send(
+                shard,
+                key,
+                client,
+                &p::error(None, "Invalid subscribe data"),
+            ),
         },
         "pusher:unsubscribe" => {
             if let Some(d) = data_object::<UnsubscribeData>(m.data) {
@@ -215,13 +225,24 @@ struct ChannelData<'a> {
 }
 
 /// `pusher:subscription_error` on the channel (pusher-js emits it on the channel object).
-fn subscription_error(shard: &Shard, key: usize, client: u64, channel: &str, status: u16, msg: &str) {
+fn subscription_error(
+    shard: &Shard,
+    key: usize,
+    client: u64,
+    channel: &str,
+    status: u16,
+    msg: &str,
+) {
     let body = json!({"type": "AuthError", "error": msg, "status": status});
     send(
         shard,
         key,
         client,
-        &p::event("pusher:subscription_error", Some(channel), &body.to_string()),
+        &p::event(
+            "pusher:subscription_error",
+            Some(channel),
+            &body.to_string(),
+        ),
     );
 }
 
@@ -263,7 +284,10 @@ async fn subscribe(
                 client,
                 name,
                 401,
-                &format!("Invalid signature: expected HMAC SHA256 hex digest of {socket_id}:{name}{}", channel_data.map(|c| format!(":{c}")).unwrap_or_default()),
+                &format!(
+                    "Invalid signature: expected HMAC SHA256 hex digest of {socket_id}:{name}{}",
+                    channel_data.map(|c| format!(":{c}")).unwrap_or_default()
+                ),
             );
             return;
         }
@@ -284,14 +308,23 @@ async fn subscribe(
             Value::String(s) if !s.is_empty() => s.clone(),
             Value::Number(n) => n.to_string(),
             _ => {
-                subscription_error(shard, key, client, name, 400, "channel_data.user_id missing");
+                subscription_error(
+                    shard,
+                    key,
+                    client,
+                    name,
+                    400,
+                    "channel_data.user_id missing",
+                );
                 return;
             }
         };
         Some(Presence {
             channel: ch.clone(),
             user_id,
-            info: cd.user_info.map(|i| Bytes::copy_from_slice(i.get().as_bytes())),
+            info: cd
+                .user_info
+                .map(|i| Bytes::copy_from_slice(i.get().as_bytes())),
         })
     } else {
         None
@@ -325,12 +358,21 @@ async fn subscribe(
                 }
             }
             let count = ids.len();
-            let alone = !entries.iter().any(|e| e.user == pr.user_id && e.client != me);
+            let alone = !entries
+                .iter()
+                .any(|e| e.user == pr.user_id && e.client != me);
             let body = json!({"presence": {"ids": ids, "hash": hash, "count": count}});
-            (p::event_str("pusher_internal:subscription_succeeded", Some(name), &body), alone)
+            (
+                p::event_str("pusher_internal:subscription_succeeded", Some(name), &body),
+                alone,
+            )
         }
         None => (
-            p::event("pusher_internal:subscription_succeeded", Some(name), "\"{}\""),
+            p::event(
+                "pusher_internal:subscription_succeeded",
+                Some(name),
+                "\"{}\"",
+            ),
             false,
         ),
     };
@@ -368,8 +410,8 @@ async fn subscribe(
                 .and_then(|i| serde_json::from_slice(&i).ok())
                 .unwrap_or(Value::Null);
             let data = json!({"user_id": user_id, "user_info": info}).to_string();
-            let data = RawValue::from_string(serde_json::to_string(&data).expect("json"))
-                .expect("json");
+            let data =
+                RawValue::from_string(serde_json::to_string(&data).expect("json")).expect("json");
             let push = p::control_push(&ch, "pusher_internal:member_added", &data, Some(socket_id));
             let _ = node.broker.publish_control(&ch, push).await;
         }
@@ -389,7 +431,8 @@ async fn subscribe(
                     conn.send(f);
                 }
                 None => conn.queue_text(
-                    format!("{{\"event\":\"pusher:cache_miss\",\"channel\":\"{name}\"}}").as_bytes(),
+                    format!("{{\"event\":\"pusher:cache_miss\",\"channel\":\"{name}\"}}")
+                        .as_bytes(),
                 ),
             }
         }
@@ -471,7 +514,12 @@ fn signin(
     let id = match serde_json::from_str::<UserData>(&d.user_data).map(|u| u.id) {
         Ok(Value::String(s)) if !s.is_empty() => s,
         _ => {
-            refuse(shard, key, codes::UNAUTHORIZED, "user_data.id must be a non-empty string");
+            refuse(
+                shard,
+                key,
+                codes::UNAUTHORIZED,
+                "user_data.id must be a non-empty string",
+            );
             return;
         }
     };
@@ -512,7 +560,10 @@ async fn client_event(
     let Some(name) = channel else {
         return err("Client event without a channel");
     };
-    if !matches!(Kind::of(&name), Kind::Private | Kind::Encrypted | Kind::Presence) {
+    if !matches!(
+        Kind::of(&name),
+        Kind::Private | Kind::Encrypted | Kind::Presence
+    ) {
         return err("Client events are only allowed on private and presence channels");
     }
     if event.len() > 200 {
@@ -567,7 +618,9 @@ async fn client_event(
     {
         return err("Client event too large");
     }
-    let Some(ns) = node.namespace(&ch) else { return };
+    let Some(ns) = node.namespace(&ch) else {
+        return;
+    };
     let req = PublishRequest {
         channel: ch,
         data: Bytes::from(body),
