@@ -453,6 +453,14 @@ def node():
                      "timeout: the client got 108).",
                      [target(f"sum by (proxy, result) ({rate('ferrocast_proxy_requests_total')})",
                              "{{proxy}} {{result}}")], unit="ops", stack=True), 8, 8)
+    L.row("Pusher protocol")
+    L.add(timeseries("Pusher connections by app", "Open /app/{key} connections (docs/pusher.md); "
+                     "they are also counted in the sockets panels.",
+                     [target(f"sum by (app) (ferrocast_pusher_connections{{{N}}})", "{{app}}")]), 12, 8)
+    L.add(timeseries("Pusher events/s by app and source", "api = HTTP API events (once per "
+                     "channel), client = client-* events.",
+                     [target(f"sum by (app, source) ({rate('ferrocast_pusher_events_total')})",
+                             "{{app}} {{source}}")], unit="ops", stack=True), 12, 8)
     return dashboard("ferrocast-node", "ferrocast node",
                      "One ferrocast node, per shard: sockets, subscriptions, queues, traffic, latency, "
                      "errors and broker.", L.panels, False,

@@ -11,6 +11,9 @@
 //! Presence counts are fleet-wide (the broker's presence); `occupied` and the channel list of
 //! non-presence channels are what this node sees (docs/pusher.md).
 
+// Errors here are the HTTP response itself, built once on the error path.
+#![allow(clippy::result_large_err)]
+
 use std::sync::Arc;
 
 use bytes::Bytes;
