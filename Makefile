@@ -10,7 +10,7 @@ APT_STAMP := target/.apt-deps
 export FERROCAST_BIN := $(CURDIR)/target/debug/ferrocast
 
 .PHONY: run build release test deps unit lint fmt bench loadtest soak clean config-check \
-	test-rust test-ops test-clients test-example e2e example python-test js-test fleet-bench \
+	test-rust test-ops test-clients test-example e2e example python-test js-test pusher-test fleet-bench \
 	conformance
 
 ## run: build a release node and start it on the embedded memory broker
@@ -75,11 +75,14 @@ test-ops:
 	python3 deploy/test_nginx_fleet.py
 
 ## test-clients: the JavaScript and Python clients against the real node
-test-clients: js-test python-test
+test-clients: js-test python-test pusher-test
 js-test:
 	bash clients/js/test.sh
 python-test:
 	bash clients/python/run-tests.sh
+## pusher-test: the Pusher protocol with the real pusher-js, pusher (Node) and pusher (Python) libraries
+pusher-test:
+	bash tests/pusher/test.sh
 
 ## test-example: the Django example's own tests; e2e: the four scenarios in headless Chromium
 test-example:

@@ -471,6 +471,14 @@ def node():
                      [target(quantile(0.5, "ferrocast_webhook_request_duration_seconds"), "p50", "A"),
                       target(quantile(0.99, "ferrocast_webhook_request_duration_seconds"), "p99", "B")],
                      unit="s"), 12, 8)
+    L.row("Pusher protocol")
+    L.add(timeseries("Pusher connections by app", "Open /app/{key} connections (docs/pusher.md); "
+                     "they are also counted in the sockets panels.",
+                     [target(f"sum by (app) (ferrocast_pusher_connections{{{N}}})", "{{app}}")]), 12, 8)
+    L.add(timeseries("Pusher events/s by app and source", "api = HTTP API events (once per "
+                     "channel), client = client-* events.",
+                     [target(f"sum by (app, source) ({rate('ferrocast_pusher_events_total')})",
+                             "{{app}} {{source}}")], unit="ops", stack=True), 12, 8)
     return dashboard("ferrocast-node", "ferrocast node",
                      "One ferrocast node, per shard: sockets, subscriptions, queues, traffic, latency, "
                      "errors and broker.", L.panels, False,

@@ -45,8 +45,18 @@ check() { # check NAME COMMAND... : pass when the command exits 0; its output is
 LIVE=(python3 "$HERE/live_checks.py")
 
 # --- the node ---------------------------------------------------------------------------------
-PUB="$(free_port)"; ADM="$(free_port)"; PP="$(free_port)"
+PUB="$(free_port)"; ADM="$(free_port)"; PP="$(free_port)"; HOOK="$(free_port)"
 SECRET="live-secret"; KEY="live-key"
+# A webhook receiver (answers 204 to every POST), so the webhook panels have data.
+python3 -c '
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(204); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+' "$HOOK" >"$TMP/hook.log" 2>&1 & PIDS+=($!)
 cat >"$TMP/ferrocast.toml" <<EOF
 [listen]
 public = "127.0.0.1:$PUB"
@@ -70,6 +80,13 @@ frames_per_second = 200
 handshake_timeout = "1s"
 [shutdown]
 drain_seconds = 3
+[webhooks]
+url = "http://127.0.0.1:$HOOK/ferrocast"
+secret = "live-hook-secret"
+events = ["user_online", "user_offline", "channel_occupied", "channel_vacated", "client_publish"]
+vacate_delay = "1s"
+offline_delay = "1s"
+batch_wait = "50ms"
 [namespaces.room]
 publish = true
 presence = true

@@ -105,6 +105,128 @@ pub struct Config {
     pub conformance: ConformanceConfig,
     pub webhooks: WebhooksConfig,
     pub namespaces: BTreeMap<String, NamespaceConfig>,
+    pub pusher: PusherConfig,
+}
+
+/// The Pusher Channels protocol 7 on `/app/{key}` and the Pusher HTTP API on `/apps/{id}/…`
+/// (docs/pusher.md). Off while `apps` is empty.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PusherConfig {
+    pub apps: Vec<PusherAppConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PusherAppConfig {
+    /// `[A-Za-z0-9_.-]`, at most 64; the app's channels live in namespace `pusher-<app_id>`.
+    pub app_id: String,
+    /// The public key clients connect with (`/app/<key>`).
+    pub key: String,
+    /// Signs channel authorizations, sign-ins and HTTP API requests.
+    pub secret: String,
+    /// Clients may send `client-*` events on private and presence channels.
+    pub enable_client_messages: bool,
+    /// Connections of this app per node; 0 = no limit (past it: close 4100).
+    pub max_connections: usize,
+    /// Events kept per channel (ferrocast recovery for ferrocast clients); 0 = none.
+    pub history_size: usize,
+    /// Seconds of silence after which pusher-js pings (`activity_timeout` in
+    /// `pusher:connection_established`).
+    pub activity_timeout: u64,
+}
+
+impl Default for PusherAppConfig {
+    fn default() -> Self {
+        Self {
+            app_id: String::new(),
+            key: String::new(),
+            secret: String::new(),
+            enable_client_messages: false,
+            max_connections: 0,
+            history_size: 0,
+            activity_timeout: 120,
+        }
+    }
+}
+
+impl Config {
+    /// Checks `[[pusher.apps]]` and adds each app's namespaces (`pusher-<id>`, `pusher-<id>@cache`,
+    /// `pusher-<id>@user`): ferrocast clients may reach them only through their token's
+    /// `channels` (private), and ferrocast presence and join/leave are off (the Pusher adapter
+    /// does Pusher presence itself).
+    fn add_pusher_namespaces(&mut self) -> Result<(), ConfigError> {
+        let mut ids = std::collections::BTreeSet::new();
+        let mut keys = std::collections::BTreeSet::new();
+        for (i, app) in self.pusher.apps.iter().enumerate() {
+            let k = |f: &str| format!("pusher.apps[{i}].{f}");
+            if app.app_id.is_empty()
+                || app.app_id.len() > 64
+                || !app
+                    .app_id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            {
+                return Err(invalid(
+                    &k("app_id"),
+                    "1 to 64 characters of [A-Za-z0-9_.-]",
+                ));
+            }
+            if app.key.is_empty()
+                || app.key.len() > 128
+                || !app
+                    .key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+            {
+                return Err(invalid(&k("key"), "1 to 128 characters of [A-Za-z0-9_.-]"));
+            }
+            if app.secret.is_empty() {
+                return Err(invalid(&k("secret"), "must not be empty"));
+            }
+            if !ids.insert(app.app_id.clone()) {
+                return Err(invalid(&k("app_id"), "used by another app"));
+            }
+            if !keys.insert(app.key.clone()) {
+                return Err(invalid(&k("key"), "used by another app"));
+            }
+            if app.activity_timeout == 0 || app.activity_timeout > 3600 {
+                return Err(invalid(&k("activity_timeout"), "1 to 3600 seconds"));
+            }
+            if app.history_size > 1_000_000 {
+                return Err(invalid(&k("history_size"), "at most 1000000"));
+            }
+            let base = NamespaceConfig {
+                publish: false,
+                presence: false,
+                join_leave: false,
+                history_size: app.history_size,
+                history_ttl: secs(if app.history_size > 0 { 600 } else { 0 }),
+                anonymous: false,
+                private: true,
+            };
+            let cache = NamespaceConfig {
+                history_size: app.history_size.max(1),
+                // Pusher keeps a cache channel's last event for 30 minutes.
+                history_ttl: secs(1800),
+                ..base.clone()
+            };
+            for (name, ns) in [
+                (format!("pusher-{}", app.app_id), base.clone()),
+                (format!("pusher-{}@cache", app.app_id), cache),
+                (format!("pusher-{}@user", app.app_id), base),
+            ] {
+                if self.namespaces.contains_key(&name) {
+                    return Err(invalid(
+                        &format!("namespaces.{name}"),
+                        "reserved for the Pusher app of that id",
+                    ));
+                }
+                self.namespaces.insert(name, ns);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Webhook event names (`webhooks.events`).
@@ -542,8 +664,9 @@ impl Config {
             let keys: Vec<String> = k.split('.').map(|s| s.trim().to_string()).collect();
             set_path(&mut value, &keys, v);
         }
-        let cfg: Config = Config::deserialize(toml::Value::Table(value))
+        let mut cfg: Config = Config::deserialize(toml::Value::Table(value))
             .map_err(|e| ConfigError::Parse(e.to_string().trim().to_string()))?;
+        cfg.add_pusher_namespaces()?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -737,14 +860,17 @@ impl Config {
         if public.ip().is_loopback() {
             return Ok(());
         }
-        let keys = [
-            ("auth.token_secret", &self.auth.token_secret),
-            ("api.key", &self.api.key),
+        let mut keys = vec![
+            ("auth.token_secret".to_string(), &self.auth.token_secret),
+            ("api.key".to_string(), &self.api.key),
         ];
+        for (i, app) in self.pusher.apps.iter().enumerate() {
+            keys.push((format!("pusher.apps[{i}].secret"), &app.secret));
+        }
         for (key, value) in keys {
             if SAMPLE_SECRETS.contains(&value.as_str()) {
                 return Err(invalid(
-                    key,
+                    &key,
                     format!(
                         "{value:?} is a sample secret and listen.public ({public}) is not a \
                          loopback address: set a secret of your own (e.g. FERROCAST_{}=…)",
@@ -951,6 +1077,45 @@ mod tests {
             let e = on(&[set]).unwrap_err().to_string();
             assert!(e.starts_with(key), "{set}: {e}");
         }
+    }
+
+    #[test]
+    fn pusher_apps_get_their_namespaces() {
+        let dir = std::env::temp_dir().join(format!("fc-pusher-{}.toml", std::process::id()));
+        std::fs::write(
+            &dir,
+            "[[pusher.apps]]\napp_id = \"app-1\"\nkey = \"k1\"\nsecret = \"s1\"\nhistory_size = 5\n",
+        )
+        .unwrap();
+        let cfg = Config::load(dir.to_str(), &[]).unwrap();
+        let ns = &cfg.namespaces["pusher-app-1"];
+        assert!(!ns.presence && !ns.join_leave && !ns.publish && ns.private);
+        assert_eq!(ns.history_size, 5);
+        assert!(cfg.namespaces["pusher-app-1@cache"].history_size >= 1);
+        assert!(cfg.namespaces.contains_key("pusher-app-1@user"));
+        assert_eq!(cfg.pusher.apps[0].activity_timeout, 120);
+        std::fs::write(
+            &dir,
+            "[[pusher.apps]]\napp_id = \"a@b\"\nkey = \"k1\"\nsecret = \"s1\"\n",
+        )
+        .unwrap();
+        let e = Config::load(dir.to_str(), &[]).unwrap_err().to_string();
+        assert!(e.starts_with("pusher.apps[0].app_id"), "{e}");
+        std::fs::write(
+            &dir,
+            "[[pusher.apps]]\napp_id = \"1\"\nkey = \"k\"\nsecret = \"\"\n",
+        )
+        .unwrap();
+        let e = Config::load(dir.to_str(), &[]).unwrap_err().to_string();
+        assert!(e.starts_with("pusher.apps[0].secret"), "{e}");
+        std::fs::write(
+            &dir,
+            "[namespaces.pusher-1]\n[[pusher.apps]]\napp_id = \"1\"\nkey = \"k\"\nsecret = \"s\"\n",
+        )
+        .unwrap();
+        let e = Config::load(dir.to_str(), &[]).unwrap_err().to_string();
+        assert!(e.contains("namespaces.pusher-1"), "{e}");
+        let _ = std::fs::remove_file(&dir);
     }
 
     #[test]

@@ -28,5 +28,6 @@ pub mod hub;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod pusher;
 pub mod server;
 pub mod ws;

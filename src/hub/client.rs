@@ -22,6 +22,10 @@ use crate::protocol::{reply, ChannelName, ClientError, CloseCode, Command, Comma
 type Reply = Result<(), ClientError>;
 
 pub async fn handle(shard: &Rc<Shard>, key: usize, cmd: Command) {
+    if let CommandKind::Pusher(msg) = cmd.kind {
+        // A Pusher connection's message: its own protocol, limits and replies.
+        return Box::pin(crate::pusher::conn::handle(shard, key, msg)).await;
+    }
     metrics()
         .client_commands
         .with_label_values(&[cmd.kind.name()])
@@ -33,6 +37,7 @@ pub async fn handle(shard: &Rc<Shard>, key: usize, cmd: Command) {
     }
     let authenticated = shard.state.borrow().conns[key].identity.is_some();
     let outcome = match cmd.kind {
+        CommandKind::Pusher(_) => Ok(()), // handled above
         CommandKind::Connect { token, subs } => connect(shard, key, id, token, subs).await,
         _ if !authenticated => Err(ClientError::Unauthorized),
         CommandKind::Refresh { token } => refresh(shard, key, id, &token),
@@ -247,10 +252,12 @@ async fn ask_subscribe_proxy(
 /// How a subscription is announced: as the reply to the client's `subscribe` command, or as a
 /// `subscribe` push (server-side subscriptions: the identity's `subs`, `POST /api/subscribe`,
 /// the channels of an SSE stream).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Announce {
     Reply(Option<u64>),
     Push,
+    /// A frame of another protocol (Pusher's `subscription_succeeded`), queued as it is.
+    Frame(Bytes),
 }
 
 /// Whether the slot `key` still holds the connection `client` (a task that awaited may find its
@@ -374,6 +381,9 @@ pub async fn subscribe_to(
         match announce {
             Announce::Reply(id) => conn.queue_text(&reply::result(id, &body)),
             Announce::Push => conn.queue_text(&reply::channel_push(&ch, "subscribe", &body)),
+            Announce::Frame(frame) => {
+                conn.send(frame);
+            }
         }
         // Publications that arrived while we read history follow the reply, minus those the
         // history already held.

@@ -51,6 +51,9 @@ pub enum Route {
     /// `GET /sse`: an SSE stream (server → client only). Its output is taken by the response
     /// body hyper polls (`server::sse`), not written by the shard; it has no task of its own.
     Sse,
+    /// `/app/{key}`: the Pusher Channels protocol 7 (`crate::pusher`). Same codec, queue and
+    /// limits; messages are Pusher JSON, and the fan-out sends publications in Pusher's form.
+    Pusher,
 }
 
 pub struct Connection {
@@ -348,6 +351,12 @@ async fn finish(shard: &Rc<Shard>, key: usize, stream: &Rc<TcpStream>, end: Opti
                         conn.out.push(frame::close(custom.0, &custom.1));
                         custom.0
                     }
+                    None if conn.route == Route::Pusher => {
+                        // Pusher clients read close codes their way (4200: reconnect now).
+                        let (c, reason) = crate::pusher::protocol::close_code(code);
+                        conn.out.push(frame::close(c, reason));
+                        c
+                    }
                     None => {
                         conn.out.push(frame::close(code.as_u16(), code.reason()));
                         code.as_u16()
@@ -485,6 +494,15 @@ fn decode(
 fn on_message(conn: &mut Connection, msg: &[u8], commands: &mut Vec<Command>, rate: u32) {
     #[cfg(debug_assertions)]
     test_hooks::maybe_panic(msg);
+    if conn.route == Route::Pusher {
+        // Parsed and answered by the Pusher adapter, in order with the connection's other
+        // messages (`client::handle` hands it over).
+        commands.push(Command {
+            id: None,
+            kind: command::CommandKind::Pusher(Bytes::copy_from_slice(msg)),
+        });
+        return;
+    }
     match command::parse(msg) {
         Ok(cmd) => commands.push(cmd),
         Err(e) => {

@@ -259,6 +259,16 @@ impl Node {
         }
     }
 
+    /// Channels with local subscribers on this node whose name starts with `prefix`.
+    pub fn local_channels(&self, prefix: &str) -> Vec<ChannelName> {
+        self.interest
+            .lock()
+            .keys()
+            .filter(|c| c.as_str().starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
     pub fn info(&self) -> NodeInfo {
         let m = metrics();
         let sum = |g: &prometheus::IntGaugeVec| -> u64 {

@@ -119,6 +119,9 @@ pub struct ShardState {
     /// Deliveries and bytes not yet added to the shared counters.
     deliveries: u64,
     pub bytes_out: u64,
+    /// This node's number in Pusher socket ids (`crate::pusher`): a Pusher client event is not
+    /// sent back to its sender.
+    pub pusher_node: u64,
 }
 
 pub struct Shard {
@@ -134,13 +137,17 @@ pub struct Shard {
     /// Wakes the accept loop when the drain starts.
     pub drain_started: tokio::sync::Notify,
     label: String,
+    /// Pusher connections' own state (socket id, app, signed-in user, presence), by key — kept
+    /// out of `Connection`, whose size every socket pays.
+    pub pusher: RefCell<HashMap<usize, crate::pusher::ConnState>>,
 }
 
 impl Shard {
     pub fn new(index: usize, node: Arc<Node>) -> Rc<Shard> {
         // One read's worth: the decoder keeps a message that spans reads itself.
         let scratch = vec![0u8; SCRATCH_BYTES];
-        let state = ShardState::with_capacity(slots_per_shard(&node));
+        let mut state = ShardState::with_capacity(slots_per_shard(&node));
+        state.pusher_node = crate::pusher::protocol::node_number(&node.id);
         Rc::new(Shard {
             index,
             node,
@@ -150,6 +157,7 @@ impl Shard {
             attached: RefCell::new(HashMap::new()),
             drain_started: tokio::sync::Notify::new(),
             label: index.to_string(),
+            pusher: RefCell::new(HashMap::new()),
         })
     }
 
@@ -312,6 +320,9 @@ impl Shard {
         for ch in &conn.subs {
             self.after_leave(ch, &client, conn.identity.as_deref())
                 .await;
+        }
+        if conn.route == Route::Pusher {
+            crate::pusher::conn::removed(self, key, conn.client).await;
         }
         for ch in emptied {
             self.node.remove_interest(&ch).await;
@@ -763,6 +774,7 @@ impl ShardState {
             subscriptions: 0,
             deliveries: 0,
             bytes_out: 0,
+            pusher_node: 0,
         }
     }
 
@@ -786,11 +798,13 @@ impl ShardState {
             return false;
         };
         let frame = frame::text(&d.payload);
-        let len = frame.len();
         let mut n = 0u64;
         if d.offset != 0 {
             subs.last_offset = d.offset;
         }
+        // The Pusher form, built on the first Pusher subscriber (once per delivery and shard).
+        let mut pusher: Option<crate::pusher::protocol::PusherFrame> = None;
+        let node = self.pusher_node;
         for &key in &subs.subscribers {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;
@@ -798,12 +812,15 @@ impl ShardState {
             if conn.closing.is_some() {
                 continue;
             }
-            if conn.out.bytes() + len > limit {
+            let Some(frame) = frame_for_route(conn, &frame, d, &mut pusher, node) else {
+                continue;
+            };
+            if conn.out.bytes() + frame.len() > limit {
                 metrics().slow_consumer_closes.inc();
                 conn.close(CloseCode::SlowConsumer);
                 continue;
             }
-            conn.out.push(frame.clone());
+            conn.out.push(frame);
             n += 1;
             if !conn.dirty {
                 conn.dirty = true;
@@ -816,13 +833,20 @@ impl ShardState {
             let live = &mut subs.subscribers;
             subs.joining.retain_mut(|j| match j.after {
                 None => {
-                    j.held.push((d.offset, frame.clone()));
+                    if let Some(frame) = conns
+                        .get(j.key as usize)
+                        .and_then(|c| frame_for_route(c, &frame, d, &mut pusher, node))
+                    {
+                        j.held.push((d.offset, frame));
+                    }
                     true
                 }
                 Some(after) if d.offset != 0 && d.offset <= after => true,
                 Some(_) => {
                     if let Some(conn) = conns.get_mut(j.key as usize) {
-                        conn.out.push(frame.clone());
+                        if let Some(frame) = frame_for_route(conn, &frame, d, &mut pusher, node) {
+                            conn.out.push(frame);
+                        }
                         n += 1;
                         if !conn.dirty {
                             conn.dirty = true;
@@ -918,6 +942,27 @@ impl ShardState {
         self.subscriptions -= 1;
         self.remove_subscriber(ch, key)
     }
+}
+
+/// The frame a subscriber gets for a delivery: the shard's frame, or for a Pusher connection the
+/// delivery's Pusher form (built once, on first need; `None` when there is none, or when this
+/// subscriber sent the client event).
+fn frame_for_route(
+    conn: &Connection,
+    frame: &Bytes,
+    d: &Delivery,
+    pusher: &mut Option<crate::pusher::protocol::PusherFrame>,
+    node: u64,
+) -> Option<Bytes> {
+    if conn.route != Route::Pusher {
+        return Some(frame.clone());
+    }
+    let built = pusher.get_or_insert_with(|| crate::pusher::protocol::frame_for(&d.payload));
+    let (frame, sender) = built.as_ref()?;
+    if *sender == Some((node, conn.client)) {
+        return None;
+    }
+    Some(frame.clone())
 }
 
 /// Pushes with exact growth up to 4 elements, doubling beyond: most lists here (a personal

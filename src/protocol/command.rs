@@ -58,6 +58,9 @@ pub enum CommandKind {
         since: Option<Position>,
     },
     Ping,
+    /// A message of a Pusher connection (`/app/{key}`), handled by `crate::pusher`; never
+    /// produced by `parse`.
+    Pusher(Bytes),
 }
 
 impl CommandKind {
@@ -73,6 +76,7 @@ impl CommandKind {
             CommandKind::PresenceStats { .. } => "presence_stats",
             CommandKind::History { .. } => "history",
             CommandKind::Ping => "ping",
+            CommandKind::Pusher(_) => "pusher",
         }
     }
 }

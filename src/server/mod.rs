@@ -84,6 +84,9 @@ pub fn run_shard(
         let listener = TcpListener::from_std(listener).expect("listener");
         tokio::task::spawn_local(shard.clone().run_inbox(inbox));
         tokio::task::spawn_local(shard.clone().run_ticker());
+        if !shard.node.config.pusher.apps.is_empty() {
+            tokio::task::spawn_local(crate::pusher::conn::run_ticker(shard.clone()));
+        }
         accept_loop(shard, listener, per_ip).await;
         // Keep serving the drain until the process exits.
         std::future::pending::<()>().await;

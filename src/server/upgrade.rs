@@ -102,6 +102,14 @@ async fn route(
     if !echo.is_empty() && path == echo {
         return Ok(ws_upgrade(&shard, req, Route::Echo, slot).map(ServeBody::Left));
     }
+    if path.starts_with("/app/") && !shard.node.config.pusher.apps.is_empty() {
+        return Ok(ws_upgrade(&shard, req, Route::Pusher, slot).map(ServeBody::Left));
+    }
+    if path.starts_with("/apps/") && !shard.node.config.pusher.apps.is_empty() {
+        return Ok(crate::pusher::api::handle(&shard.node, req)
+            .await
+            .map(ServeBody::Left));
+    }
     if path.starts_with("/api/") {
         return Ok(crate::api::handle(&shard.node, req)
             .await
@@ -158,10 +166,15 @@ fn ws_upgrade(
     let cfg = &node.config;
     let token = match route {
         Route::Commands => query_param(req.uri().query().unwrap_or(""), "token"),
-        Route::Echo | Route::Sse => None,
+        Route::Echo | Route::Sse | Route::Pusher => None,
     };
+    // A Pusher socket: its path (the app key) and query (the protocol version).
+    let pusher = (route == Route::Pusher).then(|| {
+        let q = req.uri().query().unwrap_or("").to_string();
+        (req.uri().path().to_string(), q)
+    });
     let plan = match token {
-        _ if route == Route::Echo => AuthPlan::Later,
+        _ if route == Route::Echo || route == Route::Pusher => AuthPlan::Later,
         Some(token) => match node.verifier.verify(&token) {
             Ok(identity) => AuthPlan::Ready(identity),
             Err(e) => {
@@ -224,10 +237,13 @@ fn ws_upgrade(
                 );
             }
             AuthPlan::Later => {
-                register(
+                let key = register(
                     &shard,
                     shard.register(stream, read_ahead, route, None, None),
                 );
+                if let Some((path, query)) = pusher {
+                    crate::pusher::conn::opened(&shard, key, &path, &query);
+                }
             }
             AuthPlan::Proxy(headers) => {
                 let key = shard.register(stream, read_ahead, route, None, None);
