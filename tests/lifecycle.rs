@@ -227,3 +227,44 @@ async fn server_pings_an_idle_connection_every_ping_interval() {
     // Answering the pings (tungstenite does) keeps the connection alive past pong_timeout.
     c.ok(1, json!({"ping": {}})).await;
 }
+
+/// A ping queued behind a burst of output can't be answered before the peer has read the burst:
+/// its pong is late, not missing, and the connection is kept (the pong clock waits while the
+/// ping can't have left this host). Before, a reader that fell behind for longer than
+/// `pong_timeout` was closed even though it was alive.
+#[tokio::test]
+async fn a_pong_stuck_behind_output_is_late_not_missing() {
+    let server = Server::start("[client]\nping_interval = \"1s\"\npong_timeout = \"1s\"\n").await;
+    let tok = token("17", 3600, &[]);
+    // A small receive buffer: what the client doesn't read stays on the server's side.
+    let mut c = ws_connect_with(&server.ws_url(Some(&tok)), &[], Some(4096)).await;
+    let connected = c.recv_json(SHORT).await;
+    assert!(connected.get("connected").is_some(), "{connected}");
+    c.subscribe(1, "room:stuck").await;
+    let pad = "x".repeat(8000);
+    for i in 0..100 {
+        server
+            .publish("room:stuck", json!({"i": i, "pad": &pad}))
+            .await;
+    }
+    // The client reads nothing for 4 s (the server's pings wait behind the publications)…
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    // …then reads it all: every publication arrives, and no close comes.
+    for i in 0..100 {
+        let (p, _) = c.recv_pub("room:stuck", SHORT).await;
+        assert_eq!(p["pub"]["data"]["i"], i);
+    }
+    c.ok(2, json!({"ping": {}})).await;
+}
+
+/// A peer that never answers is still closed: its ping reached it (nothing waits in any queue)
+/// and no pong came within `pong_timeout`.
+#[tokio::test]
+async fn a_silent_peer_is_closed_after_pong_timeout() {
+    let server = Server::start("[client]\nping_interval = \"1s\"\npong_timeout = \"1s\"\n").await;
+    let mut c = server.connect("17").await;
+    // Not reading means not answering (tungstenite answers pings as it reads).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (code, _) = c.expect_close(SHORT).await;
+    assert_eq!(code, 4000);
+}

@@ -568,6 +568,8 @@ impl Shard {
         let cfg = &self.node.config;
         let ping_every = cfg.client.ping_interval.0.as_secs().max(1) as u32;
         let pong_timeout = cfg.client.pong_timeout.0.as_secs().max(1) as u32;
+        // How long a pong may be late while the ping can't have reached the peer yet.
+        let pong_grace = pong_timeout.saturating_mul(3).max(30);
         let presence_ttl = cfg.client.presence_ttl.0;
         let refresh_every = (presence_ttl.as_secs() / 3).max(1) as u32;
         let ping = frame::encode(frame::OP_PING, b"");
@@ -623,6 +625,12 @@ impl Shard {
                     } else {
                         match conn.ping_sent {
                             Some(at) if now.saturating_sub(at) >= pong_timeout => {
+                                // A pong that is only late (the ping still queued behind other
+                                // output, or the answer unread on our side: a busy host) gets
+                                // up to `pong_grace`; a peer that is gone does not.
+                                if now.saturating_sub(at) < pong_grace && pong_may_be_late(conn) {
+                                    continue;
+                                }
                                 conn.close(CloseCode::ServerClose);
                                 continue;
                             }
@@ -729,6 +737,38 @@ impl Shard {
         self.update_gauges();
         let _ = done.send(());
     }
+}
+
+/// Whether a missing pong may only be late rather than never coming: output (the ping among it)
+/// has not left this host yet — still in the connection's queue, or in the kernel's send queue
+/// (`TIOCOUTQ`: the peer's window is full or it has not acknowledged) — or input waits unread in
+/// the socket (the peer answered; this shard was too busy to read it yet). Under a broadcast that
+/// keeps both CPUs busy for seconds, that is most connections, and they are alive.
+fn pong_may_be_late(conn: &Connection) -> bool {
+    use std::os::fd::AsRawFd;
+    if !conn.out.is_empty() {
+        return true;
+    }
+    let Some(stream) = &conn.stream else {
+        return false;
+    };
+    let fd = stream.as_raw_fd();
+    let mut unsent: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ on a socket fd writes one int into `unsent`, which we own.
+    if unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut unsent) } == 0 && unsent > 0 {
+        return true;
+    }
+    let mut byte = 0u8;
+    // SAFETY: a non-blocking peek of at most 1 byte into `byte`, which we own; nothing is consumed.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n > 0
 }
 
 /// Connection slots each shard reserves at start: `node.target_sockets` spread over the shards,
