@@ -135,7 +135,10 @@ impl Plan {
         }
         if opts.pusher {
             if !matches!(kind, Kind::Connect | Kind::Broadcast) {
-                bail!("--pusher works with connect and broadcast, not {}", kind.name());
+                bail!(
+                    "--pusher works with connect and broadcast, not {}",
+                    kind.name()
+                );
             }
             if opts.user_channel || opts.token_in_url || opts.user.is_some() {
                 bail!("--pusher sockets are anonymous public subscribers: no --user-channel, --token-in-url or --user");
@@ -247,7 +250,8 @@ impl Plan {
             }
             _ => (0, None),
         };
-        let minter = (!kind.is_raw() && !opts.anonymous && !opts.pusher).then(|| Minter::new(&opts.token_secret, 86_400));
+        let minter = (!kind.is_raw() && !opts.anonymous && !opts.pusher)
+            .then(|| Minter::new(&opts.token_secret, 86_400));
         Ok(Plan {
             kind,
             url,

@@ -576,12 +576,20 @@ async fn establish(sh: &Shared, sub: &mut Sub, recover: bool) -> Result<(Conn, u
         // Pusher: upgrade on /app/KEY, pusher:connection_established, pusher:subscribe →
         // pusher_internal:subscription_succeeded. No recovery in this protocol.
         let addr = plan.addrs[sub.node as usize];
-        let mut conn = ws::connect(addr, plan.src_of(s), &plan.url.authority, &plan.url.path).await?;
+        let mut conn =
+            ws::connect(addr, plan.src_of(s), &plan.url.authority, &plan.url.path).await?;
         let upgrade_us = elapsed_us(t0);
         wait_for(sh, &mut conn, sub, None, "connect").await?;
         let channel = &plan.channels[sub.channel];
         send(&mut conn, &proto::pusher_subscribe(channel), "subscribe").await?;
-        wait_for(sh, &mut conn, sub, Some(proto::PUSHER_SUBSCRIBE_ID), "subscribe").await?;
+        wait_for(
+            sh,
+            &mut conn,
+            sub,
+            Some(proto::PUSHER_SUBSCRIBE_ID),
+            "subscribe",
+        )
+        .await?;
         return Ok((conn, upgrade_us, elapsed_us(t0)));
     }
     let token = plan.minter.as_ref().map(|m| m.token(&plan.user_of(s)));
