@@ -120,6 +120,14 @@ loadtest: release
 fleet-bench: release
 	bash loadtest/fleet.sh
 
+## pusher-compare: Pusher protocol 7, ferrocast vs Sockudo under the same `wsbench --pusher` runs
+##   (idle memory per subscribed socket, CPU per delivery, latency); needs a sockudo binary
+##   (SOCKUDO_BIN, or `cargo install sockudo` with protobuf-compiler); results under target/pusher-compare/
+.PHONY: pusher-compare
+pusher-compare:
+	$(CARGO) build --release -p ferrocast -p wsbench
+	bash loadtest/pusher_compare.sh
+
 ## million: one million live sockets on this box: 55 release nodes (shards = 1, Redis Cluster unless
 ##   MILLION_BROKER=memory), wsbench --procs over 127.0.0.0/8; ramp, hold, broadcast, notify, drain
 ##   one node; JSON under target/million/ (loadtest/million.sh; MILLION_TARGET=50000 for a smoke run)

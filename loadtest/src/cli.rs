@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
         wsbench chat -c 1000 --room-size 10 -n 20 --rate 500\n  \
         wsbench churn -c 2000 --churn-rate 50 --rate 100 --duration 30s\n  \
         wsbench million -c 50000 --nodes 3 --procs 3 --hold 60s -n 10000 --drain-pid PID\n  \
+        wsbench broadcast --pusher --pusher-key KEY -c 5000 --rate 20 -d 30s -u ws://127.0.0.1:6001\n  \
         wsbench --raw -c 100 -n 1000 --echo -u ws://127.0.0.1:9001/"
 )]
 pub struct Cli {
@@ -137,6 +138,39 @@ pub struct Opts {
     /// publication through every node's API and a notification through its user's node
     #[arg(long, global = true, help_heading = "Target")]
     pub api_fanout: bool,
+    /// Speak Pusher Channels protocol 7 instead of ferrocast's (connect, broadcast): sockets
+    /// connect to /app/KEY, subscribe with pusher:subscribe and answer pusher:ping; the
+    /// publisher signs POST /apps/ID/events. Works against any Pusher-compatible server
+    #[arg(long, global = true, help_heading = "Target")]
+    pub pusher: bool,
+    /// Pusher app id (POST /apps/ID/events)
+    #[arg(
+        long,
+        global = true,
+        env = "WSBENCH_PUSHER_APP_ID",
+        default_value = "wsbench",
+        help_heading = "Target"
+    )]
+    pub pusher_app_id: String,
+    /// Pusher app key (ws://HOST:PORT/app/KEY, auth_key of API requests)
+    #[arg(
+        long,
+        global = true,
+        env = "WSBENCH_PUSHER_KEY",
+        default_value = "wsbench-key",
+        help_heading = "Target"
+    )]
+    pub pusher_key: String,
+    /// Pusher app secret (signs API requests)
+    #[arg(
+        long,
+        global = true,
+        env = "WSBENCH_PUSHER_SECRET",
+        default_value = "wsbench-secret",
+        hide_env_values = true,
+        help_heading = "Target"
+    )]
+    pub pusher_secret: String,
     /// Allow a target outside loopback (only servers you operate)
     #[arg(long, global = true, help_heading = "Target")]
     pub allow_remote: bool,

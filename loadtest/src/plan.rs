@@ -133,9 +133,27 @@ impl Plan {
         if opts.nodes == 0 {
             bail!("--nodes must be at least 1");
         }
-        let url = Url::parse(&opts.url)?;
+        if opts.pusher {
+            if !matches!(kind, Kind::Connect | Kind::Broadcast) {
+                bail!(
+                    "--pusher works with connect and broadcast, not {}",
+                    kind.name()
+                );
+            }
+            if opts.user_channel || opts.token_in_url || opts.user.is_some() {
+                bail!("--pusher sockets are anonymous public subscribers: no --user-channel, --token-in-url or --user");
+            }
+        }
+        let mut url = Url::parse(&opts.url)?;
         if url.scheme != "ws" {
             bail!("--url must be ws://");
+        }
+        if opts.pusher && !url.path.starts_with("/app/") {
+            // pusher-js's URL: the key in the path, protocol 7.
+            url.path = format!(
+                "/app/{}?protocol=7&client=wsbench&version=8.0",
+                opts.pusher_key
+            );
         }
         let mut addrs = url.resolve(opts.allow_remote).await?;
         if opts.nodes > 1 {
@@ -169,12 +187,19 @@ impl Plan {
             None => Vec::new(),
         };
         let n = opts.connections;
+        // Pusher channel names allow no ':' ([A-Za-z0-9_\-=@,.;]): the default prefix becomes
+        // `wsbench`.
+        let prefix = if opts.pusher && opts.channel == "room:wsbench" {
+            "wsbench".to_string()
+        } else {
+            opts.channel.clone()
+        };
         let channels: Vec<String> = match kind {
             // million: the one shared channel; personal channels are named on the fly (a
             // million names in every worker would cost more than the sockets).
-            Kind::Million => vec![format!("{}-0", opts.channel)],
+            Kind::Million => vec![format!("{prefix}-0")],
             Kind::Connect | Kind::Broadcast | Kind::Churn => (0..opts.channels)
-                .map(|i| format!("{}-{i}", opts.channel))
+                .map(|i| format!("{prefix}-{i}"))
                 .collect(),
             Kind::Notify => match &opts.user {
                 Some(u) => vec![format!("user:{u}")],
@@ -183,7 +208,7 @@ impl Plan {
                     .collect(),
             },
             Kind::Chat => (0..n.div_ceil(opts.room_size))
-                .map(|r| format!("{}-{r}", opts.channel))
+                .map(|r| format!("{prefix}-{r}"))
                 .collect(),
             Kind::Raw | Kind::RawConnect => Vec::new(),
         };
@@ -225,8 +250,8 @@ impl Plan {
             }
             _ => (0, None),
         };
-        let minter =
-            (!kind.is_raw() && !opts.anonymous).then(|| Minter::new(&opts.token_secret, 86_400));
+        let minter = (!kind.is_raw() && !opts.anonymous && !opts.pusher)
+            .then(|| Minter::new(&opts.token_secret, 86_400));
         Ok(Plan {
             kind,
             url,
@@ -276,6 +301,24 @@ impl Plan {
         match self.kind {
             Kind::Chat => s % self.room_size,
             _ => 0,
+        }
+    }
+
+    /// Classifies a server text frame in the run's protocol.
+    pub fn parse(&self, frame: &[u8]) -> crate::proto::Incoming {
+        if self.opts.pusher {
+            crate::proto::parse_pusher(frame)
+        } else {
+            crate::proto::parse_incoming(frame)
+        }
+    }
+
+    /// The body of one API publication of `data` (a marker object) to `channel`.
+    pub fn publish_body(&self, channel: &str, data: &str) -> String {
+        if self.opts.pusher {
+            crate::proto::pusher_event_body(channel, data)
+        } else {
+            crate::proto::api_publish_body(channel, data)
         }
     }
 

@@ -40,6 +40,10 @@ pub enum Incoming {
 pub enum PushKind {
     Connected,
     Unsubscribed,
+    /// Pusher: `pusher:ping`, to be answered with `pusher:pong`.
+    Ping,
+    /// Pusher: `pusher:error` with this code (0 when it has none).
+    Error(i64),
     Other,
 }
 
@@ -109,6 +113,99 @@ macro_rules! finder {
             std::sync::LazyLock::new(|| memchr::memmem::Finder::new($needle));
         &*F
     }};
+}
+
+// ---- Pusher Channels protocol 7 (`--pusher`) ----
+//
+// Sockets subscribe to public channels; a publication is an event named `wsb` whose `data` is the
+// marker object encoded as a JSON string (the HTTP API's `data` is a string), so in the frame the
+// marker's keys appear escaped: `"data":"{\"wsb\":7,\"src\":0,…}"`.
+
+/// The id `parse_pusher` gives `pusher_internal:subscription_succeeded` and
+/// `pusher:subscription_error` (a subscribe is the only request a Pusher socket makes).
+pub const PUSHER_SUBSCRIBE_ID: u64 = 2;
+
+/// The event name of wsbench's publications.
+pub const PUSHER_EVENT: &str = "wsb";
+
+pub const PUSHER_PONG: &str = r#"{"event":"pusher:pong","data":{}}"#;
+
+pub fn pusher_subscribe(channel: &str) -> String {
+    format!(
+        "{{\"event\":\"pusher:subscribe\",\"data\":{{\"channel\":{}}}}}",
+        json_str(channel)
+    )
+}
+
+/// Body of `POST /apps/ID/events`: one event on one channel, `data` as a string.
+pub fn pusher_event_body(channel: &str, data: &str) -> String {
+    format!(
+        "{{\"name\":\"{PUSHER_EVENT}\",\"channel\":{},\"data\":{}}}",
+        json_str(channel),
+        json_str(data)
+    )
+}
+
+/// Classifies a Pusher server frame. Publications take the fast path (no allocation).
+pub fn parse_pusher(frame: &[u8]) -> Incoming {
+    let Some(event) = string_after(frame, finder!(b"\"event\"")) else {
+        return Incoming::Push(PushKind::Other);
+    };
+    match event {
+        b"pusher:connection_established" => Incoming::Push(PushKind::Connected),
+        b"pusher_internal:subscription_succeeded" => Incoming::Reply {
+            id: PUSHER_SUBSCRIBE_ID,
+            outcome: Ok(Value::Null),
+        },
+        b"pusher:subscription_error" => Incoming::Reply {
+            id: PUSHER_SUBSCRIBE_ID,
+            outcome: Err(pusher_code(frame).unwrap_or(0)),
+        },
+        b"pusher:ping" => Incoming::Push(PushKind::Ping),
+        b"pusher:error" => Incoming::Push(PushKind::Error(pusher_code(frame).unwrap_or(0))),
+        e if e.starts_with(b"pusher") => Incoming::Push(PushKind::Other),
+        _ => Incoming::Publication {
+            offset: None,
+            marker: pusher_marker_in(frame),
+        },
+    }
+}
+
+/// Our marker inside a Pusher event: in the `data` string (escaped keys), or in a `data` object
+/// should a server pass one through.
+pub fn pusher_marker_in(frame: &[u8]) -> Option<Marker> {
+    let escaped = || {
+        Some(Marker {
+            run: number_after(frame, finder!(br#"\"wsb\""#))?,
+            src: number_after(frame, finder!(br#"\"src\""#))?,
+            seq: number_after(frame, finder!(br#"\"seq\""#))?,
+            ts: number_after(frame, finder!(br#"\"ts\""#))?,
+        })
+    };
+    escaped().or_else(|| marker_in(frame))
+}
+
+/// The error code of a `pusher:error` / `pusher:subscription_error` (`"code":N` or `\"code\":N`).
+fn pusher_code(frame: &[u8]) -> Option<i64> {
+    number_after(frame, finder!(b"\"code\""))
+        .or_else(|| number_after(frame, finder!(br#"\"code\""#)))
+        .or_else(|| number_after(frame, finder!(br#"\"status\""#)))
+        .or_else(|| number_after(frame, finder!(b"\"status\"")))
+        .map(|c| c as i64)
+}
+
+/// The JSON string value (without escapes) following the first `key` in `hay`.
+fn string_after<'a>(hay: &'a [u8], key: &memchr::memmem::Finder<'static>) -> Option<&'a [u8]> {
+    let mut i = key.find(hay)? + key.needle().len();
+    while i < hay.len() && (hay[i] == b' ' || hay[i] == b':') {
+        i += 1;
+    }
+    if hay.get(i) != Some(&b'"') {
+        return None;
+    }
+    let start = i + 1;
+    let len = memchr::memchr2(b'"', b'\\', &hay[start..])?;
+    Some(&hay[start..start + len])
 }
 
 /// Classifies a server text frame. Publications take the fast path (no allocation).
@@ -323,6 +420,68 @@ mod tests {
             parse_incoming(br#"{"channel":"room:1","join":{"user":"1","client":"x"}}"#),
             Incoming::Push(PushKind::Other)
         );
+    }
+
+    #[test]
+    fn pusher_frames() {
+        let m = Marker {
+            run: 77,
+            src: 0,
+            seq: 12345,
+            ts: 1_700_000_000_123_456_789,
+        };
+        let body = pusher_event_body("wsbench-0", &marker_data(&m, 20));
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["name"], "wsb");
+        assert!(v["data"].is_string());
+        // What a server sends a subscriber: the same data string, keys in any order.
+        let frame = format!(
+            "{{\"channel\":\"wsbench-0\",\"event\":\"wsb\",\"data\":{}}}",
+            v["data"]
+        );
+        assert_eq!(
+            parse_pusher(frame.as_bytes()),
+            Incoming::Publication {
+                offset: None,
+                marker: Some(m)
+            }
+        );
+        let est = br#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"1.2\",\"activity_timeout\":120}"}"#;
+        assert_eq!(parse_pusher(est), Incoming::Push(PushKind::Connected));
+        let ok = br#"{"event":"pusher_internal:subscription_succeeded","channel":"wsbench-0","data":"{}"}"#;
+        assert_eq!(
+            parse_pusher(ok),
+            Incoming::Reply {
+                id: PUSHER_SUBSCRIBE_ID,
+                outcome: Ok(Value::Null)
+            }
+        );
+        assert_eq!(
+            parse_pusher(br#"{"event":"pusher:ping","data":{}}"#),
+            Incoming::Push(PushKind::Ping)
+        );
+        assert_eq!(
+            parse_pusher(br#"{"event":"pusher:error","data":{"code":4001,"message":"no app"}}"#),
+            Incoming::Push(PushKind::Error(4001))
+        );
+        assert_eq!(
+            parse_pusher(br#"{"event":"pusher:subscription_error","channel":"x","data":{"type":"AuthError","status":403}}"#),
+            Incoming::Reply {
+                id: PUSHER_SUBSCRIBE_ID,
+                outcome: Err(403)
+            }
+        );
+        let foreign = br#"{"event":"other","channel":"wsbench-0","data":"{\"text\":\"hi\"}"}"#;
+        assert_eq!(
+            parse_pusher(foreign),
+            Incoming::Publication {
+                offset: None,
+                marker: None
+            }
+        );
+        for s in [pusher_subscribe("wsbench-0"), PUSHER_PONG.to_string()] {
+            serde_json::from_str::<Value>(&s).unwrap_or_else(|e| panic!("{s}: {e}"));
+        }
     }
 
     #[test]

@@ -572,6 +572,26 @@ async fn establish(sh: &Shared, sub: &mut Sub, recover: bool) -> Result<(Conn, u
     let plan = &sh.plan;
     let s = sub.s;
     let t0 = Instant::now();
+    if plan.opts.pusher {
+        // Pusher: upgrade on /app/KEY, pusher:connection_established, pusher:subscribe →
+        // pusher_internal:subscription_succeeded. No recovery in this protocol.
+        let addr = plan.addrs[sub.node as usize];
+        let mut conn =
+            ws::connect(addr, plan.src_of(s), &plan.url.authority, &plan.url.path).await?;
+        let upgrade_us = elapsed_us(t0);
+        wait_for(sh, &mut conn, sub, None, "connect").await?;
+        let channel = &plan.channels[sub.channel];
+        send(&mut conn, &proto::pusher_subscribe(channel), "subscribe").await?;
+        wait_for(
+            sh,
+            &mut conn,
+            sub,
+            Some(proto::PUSHER_SUBSCRIBE_ID),
+            "subscribe",
+        )
+        .await?;
+        return Ok((conn, upgrade_us, elapsed_us(t0)));
+    }
     let token = plan.minter.as_ref().map(|m| m.token(&plan.user_of(s)));
     let path = match (&token, plan.opts.token_in_url) {
         (Some(t), true) => plan.url.path_with_query("token", t),
@@ -660,12 +680,18 @@ async fn wait_for(
 ) -> Result<serde_json::Value, Reason> {
     loop {
         match conn.recv().await {
-            Ok(Message::Text(b)) => match proto::parse_incoming(&b) {
+            Ok(Message::Text(b)) => match sh.plan.parse(&b) {
                 Incoming::Reply { id: rid, outcome } if Some(rid) == id => {
                     return outcome.map_err(|code| format!("{stage}_error_{code}"));
                 }
                 Incoming::Push(PushKind::Connected) if id.is_none() => {
                     return Ok(serde_json::Value::Null)
+                }
+                Incoming::Push(PushKind::Ping) => {
+                    let _ = conn.send_text(proto::PUSHER_PONG.as_bytes()).await;
+                }
+                Incoming::Push(PushKind::Error(code)) => {
+                    return Err(format!("{stage}_pusher_error_{code}"))
                 }
                 Incoming::Publication { offset, marker } => {
                     sub.on_publication(sh, offset, marker, true)
@@ -760,8 +786,15 @@ async fn protocol_socket(sh: Arc<Shared>, s: u64) {
             biased;
             r = phase.changed() => if r.is_err() { break },
             m = conn.recv() => match m {
-                Ok(Message::Text(b)) => match proto::parse_incoming(&b) {
+                Ok(Message::Text(b)) => match plan.parse(&b) {
                     Incoming::Publication { offset, marker } => sub.on_publication(&sh, offset, marker, true),
+                    Incoming::Push(PushKind::Ping) => {
+                        if let Err(e) = conn.send_text(proto::PUSHER_PONG.as_bytes()).await {
+                            alive = false;
+                            sh.disconnects.add(ws::io_reason(&e));
+                        }
+                    }
+                    Incoming::Push(PushKind::Error(code)) => sh.send_errors.add(format!("pusher_error_{code}")),
                     Incoming::Reply { outcome, .. } => match outcome {
                         Ok(_) => sub.sent_ok += 1,
                         Err(code) => sh.send_errors.add(format!("publish_error_{code}")),

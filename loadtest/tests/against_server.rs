@@ -344,3 +344,72 @@ fn million_steps_on_a_two_node_fleet() {
     assert_eq!(n(&v, "/million/drain/open_after"), 40);
     assert_eq!(n(&v, "/traffic/lost"), 0);
 }
+
+/// `--pusher`: sockets on /app/KEY subscribe with pusher:subscribe, the publisher signs
+/// POST /apps/ID/events; every subscriber gets every event once, and the node's cost is read.
+#[test]
+fn pusher_broadcast_delivers_everything() {
+    let node = Node::start();
+    let pid = node.pid().to_string();
+    let (status, v, err) = run(common::wsbench_pusher(
+        &node,
+        common::PUSHER_SECRET,
+        &["broadcast", "-c", "20", "-n", "30", "--server-pid", &pid],
+    ));
+    assert!(
+        status.success(),
+        "exit {status}\n{v:#}\n{err}\nnode:\n{}",
+        node.log()
+    );
+    assert_eq!(n(&v, "/connections/connected"), 20);
+    assert_eq!(n(&v, "/traffic/published_ok"), 30);
+    assert_eq!(n(&v, "/traffic/expected_deliveries"), 600);
+    assert_eq!(n(&v, "/traffic/unique_deliveries"), 600);
+    assert_eq!(n(&v, "/traffic/lost"), 0);
+    assert_eq!(n(&v, "/traffic/foreign"), 0);
+    assert_eq!(n(&v, "/traffic/latency_ms/count"), 600);
+    assert!(n(&v, "/server/rss_connected_kib") > 0);
+}
+
+/// A wrong secret: the node refuses every signed publication and the run fails; a wrong key:
+/// no socket gets connected.
+#[test]
+fn pusher_bad_credentials_fail_the_run() {
+    let node = Node::start();
+    let (status, v, _) = run(common::wsbench_pusher(
+        &node,
+        "not-the-secret",
+        &["broadcast", "-c", "5", "-n", "5", "--drain", "1s"],
+    ));
+    assert_eq!(status.code(), Some(1), "{v:#}");
+    assert_eq!(n(&v, "/traffic/published_ok"), 0, "{v:#}");
+    assert!(
+        !v["traffic"]["publish_errors"]
+            .as_object()
+            .unwrap()
+            .is_empty(),
+        "{v:#}"
+    );
+    let mut c = std::process::Command::new(common::wsbench_bin());
+    c.args([
+        "connect",
+        "-c",
+        "3",
+        "--hold",
+        "0s",
+        "--pusher",
+        "-u",
+        &node.url(),
+    ])
+    .args([
+        "--pusher-key",
+        "no-such-key",
+        "--json",
+        "-q",
+        "--timeout",
+        "30s",
+    ]);
+    let (status, v, _) = run(c);
+    assert_eq!(status.code(), Some(1), "{v:#}");
+    assert_eq!(n(&v, "/connections/connected"), 0, "{v:#}");
+}

@@ -115,6 +115,11 @@ history_ttl = "300s"
 
 [shutdown]
 drain_seconds = 1
+
+[[pusher.apps]]
+app_id = "{PUSHER_APP_ID}"
+key = "{PUSHER_KEY}"
+secret = "{PUSHER_SECRET}"
 "#
         );
         let path = dir.path().join("ferrocast.toml");
@@ -229,6 +234,22 @@ pub fn metric_sum(text: &str, name: &str) -> u64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// The Pusher app every test node serves (`wsbench --pusher`).
+pub const PUSHER_APP_ID: &str = "wsbench";
+pub const PUSHER_KEY: &str = "wsbench-key";
+pub const PUSHER_SECRET: &str = "wsbench-test-pusher-secret";
+
+/// `wsbench --pusher` against the node's Pusher app, `--json -q`, and a safety timeout.
+pub fn wsbench_pusher(node: &Node, secret: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(wsbench_bin());
+    c.args(args)
+        .args(["--pusher", "-u", &node.url()])
+        .args(["--pusher-app-id", PUSHER_APP_ID, "--pusher-key", PUSHER_KEY])
+        .args(["--pusher-secret", secret])
+        .args(["--json", "-q", "--timeout", "60s"]);
+    c
 }
 
 /// wsbench with the node's URL and credentials, `--json -q`, and a safety timeout.
