@@ -317,13 +317,54 @@ pub async fn subscribe_to(
         (e, emptied)
     };
     if new_on_shard {
+        // Later subscribers on this shard wait for this broker subscribe (below).
+        shard
+            .state
+            .borrow_mut()
+            .pending
+            .insert(ch.clone(), tokio::sync::watch::channel(None).0);
         let added = shard.node.add_interest(&ch).await;
+        {
+            let mut st = shard.state.borrow_mut();
+            if added.is_ok() {
+                if let Some(tx) = st.pending.remove(&ch) {
+                    tx.send_replace(Some(true));
+                }
+            } else if let Some(tx) = st.pending.get(&ch) {
+                // Kept until the channel's entry empties: a subscriber arriving meanwhile fails
+                // too instead of joining a subscription the node does not have.
+                tx.send_replace(Some(false));
+            }
+        }
         if !still_there(shard, key, client) {
             return Ok(());
         }
         if let Err(e) = added {
             let (e, _) = abort(e.client_error());
             return Err(e);
+        }
+    } else {
+        // The shard's first subscriber may still be subscribing the node at the broker: its
+        // outcome is this subscription's too.
+        let waiting = shard
+            .state
+            .borrow()
+            .pending
+            .get(&ch)
+            .map(|tx| tx.subscribe());
+        if let Some(mut rx) = waiting {
+            let ok = match rx.wait_for(|v| v.is_some()).await {
+                Ok(v) => *v == Some(true),
+                Err(_) => false, // the leader's subscription went away unresolved
+            };
+            if !still_there(shard, key, client) {
+                return Ok(());
+            }
+            if !ok {
+                // The interest was never this subscription's: nothing to give back to the node.
+                let (e, _) = abort(ClientError::NotAvailable);
+                return Err(e);
+            }
         }
     }
     let options = Node::channel_options(ns);

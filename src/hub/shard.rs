@@ -119,6 +119,11 @@ pub struct ShardState {
     /// Deliveries and bytes not yet added to the shared counters.
     deliveries: u64,
     pub bytes_out: u64,
+    /// Channels whose first subscriber on this shard is still subscribing the node at the broker
+    /// (`Node::add_interest`): later subscribers wait for its outcome here. `Some(false)` stays
+    /// until the channel's entry empties, so nobody joins a subscription that failed. Empty
+    /// nearly always.
+    pub pending: HashMap<ChannelName, tokio::sync::watch::Sender<Option<bool>>>,
     /// This node's number in Pusher socket ids (`crate::pusher`): a Pusher client event is not
     /// sent back to its sender.
     pub pusher_node: u64,
@@ -814,6 +819,7 @@ impl ShardState {
             subscriptions: 0,
             deliveries: 0,
             bytes_out: 0,
+            pending: HashMap::new(),
             pusher_node: 0,
         }
     }
@@ -970,6 +976,9 @@ impl ShardState {
         }
         if subs.subscribers.is_empty() && subs.joining.is_empty() {
             self.channels.remove(ch);
+            if !self.pending.is_empty() {
+                self.pending.remove(ch);
+            }
             true
         } else {
             false
