@@ -66,7 +66,10 @@ fn cluster_ok(c: &Cluster, stopped: &HashSet<u16>) -> bool {
 }
 
 /// `CLUSTER NODES` of an answering node: (id, port, flags, master id, slots).
-fn cluster_nodes(c: &Cluster, stopped: &HashSet<u16>) -> Vec<(String, u16, String, String, String)> {
+fn cluster_nodes(
+    c: &Cluster,
+    stopped: &HashSet<u16>,
+) -> Vec<(String, u16, String, String, String)> {
     for p in answering(c, stopped) {
         let text = rcli(p, &["CLUSTER", "NODES"]);
         let rows: Vec<_> = text
@@ -180,7 +183,10 @@ impl Node {
                 .arg("serve")
                 .arg("--config")
                 .arg(&config)
-                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or("info".into()))
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or("info".into()),
+                )
                 .stdin(Stdio::null())
                 .stdout(f.try_clone().unwrap())
                 .stderr(f)
@@ -254,6 +260,8 @@ enum Ev {
     Signal(&'static str),
     /// A live publication dropped as already had (offset ≤ the reply's, §11.3): (offset, n).
     Ignored(u64, u64),
+    /// A subscribe reply: (epoch, offset, recovered).
+    Reply(String, u64, bool),
 }
 
 #[derive(Default)]
@@ -283,7 +291,9 @@ struct ClientOut {
 enum SubState {
     Pending,
     /// Subscribed; `fresh` until the first live publication after the reply.
-    Active { fresh: bool },
+    Active {
+        fresh: bool,
+    },
     /// Waiting to retry a failed subscribe.
     Retry(Instant),
 }
@@ -315,7 +325,11 @@ async fn run_client(
     stats: Arc<Stats>,
 ) -> ClientOut {
     let mut out = ClientOut {
-        logs: spec.channels.iter().map(|c| (c.clone(), Vec::new())).collect(),
+        logs: spec
+            .channels
+            .iter()
+            .map(|c| (c.clone(), Vec::new()))
+            .collect(),
         first: HashMap::new(),
         anomalies: Vec::new(),
     };
@@ -435,6 +449,11 @@ async fn run_client(
                         let r = &v["result"];
                         let epoch = r["epoch"].as_str().unwrap_or_default().to_string();
                         let offset = r["offset"].as_u64().unwrap_or(0);
+                        log.push(Ev::Reply(
+                            epoch.clone(),
+                            offset,
+                            r["recovered"] == json!(true),
+                        ));
                         if ch.epoch.is_some() {
                             if r["recovered"] == json!(true) {
                                 let mut o = ch.offset;
@@ -486,7 +505,8 @@ async fn run_client(
                                 replies.push(json!({"id": hid, "history": {"channel": name}}));
                                 pending.insert(hid, Pending::History(name.clone(), tries + 1));
                             } else {
-                                out.anomalies.push(format!("{name}: history kept failing: {v}"));
+                                out.anomalies
+                                    .push(format!("{name}: history kept failing: {v}"));
                             }
                         } else {
                             for p in v["result"]["publications"].as_array().into_iter().flatten() {
@@ -960,7 +980,8 @@ async fn run_scenario(name: &str, fault: Fault, plan: &Plan) -> Row {
             .collect(),
         wall: Duration::ZERO,
     };
-    let acked_by_channel: HashMap<&String, &PubOut> = channels.iter().zip(pub_outs.iter()).collect();
+    let acked_by_channel: HashMap<&String, &PubOut> =
+        channels.iter().zip(pub_outs.iter()).collect();
     for p in &pub_outs {
         row.acked += p.acked.len() as u64;
         row.failed += p.failed.len() as u64;
@@ -986,13 +1007,7 @@ async fn run_scenario(name: &str, fault: Fault, plan: &Plan) -> Row {
             let acked: Vec<u64> = p
                 .acked
                 .iter()
-                .filter(|(_, e, o, t)| {
-                    if e == e0 {
-                        o > o0
-                    } else {
-                        t > t_first
-                    }
-                })
+                .filter(|(_, e, o, t)| if e == e0 { o > o0 } else { t > t_first })
                 .map(|a| a.0)
                 .collect();
             let acked_set: HashSet<u64> = acked.iter().copied().collect();
@@ -1027,7 +1042,7 @@ async fn run_scenario(name: &str, fault: Fault, plan: &Plan) -> Row {
                         got.push((*n, i));
                     }
                     Ev::Signal(_) => signals.push(i),
-                    Ev::Ignored(..) => {}
+                    Ev::Ignored(..) | Ev::Reply(..) => {}
                 }
             }
             got.sort_unstable();
@@ -1041,16 +1056,18 @@ async fn run_scenario(name: &str, fault: Fault, plan: &Plan) -> Row {
                     let idx = got.partition_point(|(m, _)| *m < n);
                     let before = if idx > 0 { Some(got[idx - 1].1) } else { None };
                     let after = got.get(idx).map(|g| g.1);
-                    let signalled = signals.iter().any(|s| {
-                        before.is_none_or(|b| *s > b) && after.is_none_or(|a| *s < a)
-                    });
+                    let signalled = signals
+                        .iter()
+                        .any(|s| before.is_none_or(|b| *s > b) && after.is_none_or(|a| *s < a));
                     if signalled {
                         row.lost_signalled += 1;
                     } else {
                         row.silent += 1;
                         if row.examples.len() < 10 {
+                            let a = p.acked.iter().find(|a| a.0 == n).unwrap();
                             row.examples.push(format!(
-                                "{ch}: acknowledged n={n} missing without a signal (events {:?})",
+                                "{ch}: acknowledged n={n} ({} {}) missing without a signal (events {:?})",
+                                a.1, a.2,
                                 &evs[before.unwrap_or(0).saturating_sub(2)
                                     ..(after.unwrap_or(evs.len()) + 3).min(evs.len())]
                             ));
@@ -1105,7 +1122,8 @@ async fn run_scenario(name: &str, fault: Fault, plan: &Plan) -> Row {
             (Some(g), Some(a)) if g > a => all_green_at = Some(g),
             (Some(g), None) => all_green_at = Some(g),
             (None, _) => {
-                row.anomalies.push(format!("node {i}: not ready at the end"));
+                row.anomalies
+                    .push(format!("node {i}: not ready at the end"));
             }
             _ => {}
         }
@@ -1319,7 +1337,8 @@ fn alert_check(row: &Row) -> Option<String> {
         let down_s = (best - 1) * 5;
         let at = best_end * 5;
         let fires = down_s >= 60;
-        let _ = writeln!(
+        let _ =
+            writeln!(
             out,
             "node n{node}: broker_up 0 for {down_s} s (scraped every 5 s): FerrocastBrokerDown {}",
             if fires { "fires" } else { "pending only (for: 1m)" }
@@ -1366,7 +1385,10 @@ fn alert_check(row: &Row) -> Option<String> {
         String::from_utf8_lossy(&r.stdout),
         String::from_utf8_lossy(&r.stderr)
     );
-    Some(format!("{out}promtool test rules {}: SUCCESS", path.display()))
+    Some(format!(
+        "{out}promtool test rules {}: SUCCESS",
+        path.display()
+    ))
 }
 
 fn verdict(rows: &[Row], title: &str) {
@@ -1417,7 +1439,11 @@ fn verdict(rows: &[Row], title: &str) {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("results.md"), &report).unwrap();
     println!("{report}");
-    assert!(failures.is_empty(), "chaos invariants broken:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "chaos invariants broken:\n{}",
+        failures.join("\n")
+    );
 }
 
 fn raise_nofile() {

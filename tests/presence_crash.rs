@@ -23,10 +23,7 @@ async fn stats(c: &mut Client, id: u64) -> (u64, u64) {
     let r = c
         .ok(id, json!({"presence_stats": {"channel": "room:crash"}}))
         .await;
-    (
-        r["clients"].as_u64().unwrap(),
-        r["users"].as_u64().unwrap(),
-    )
+    (r["clients"].as_u64().unwrap(), r["users"].as_u64().unwrap())
 }
 
 async fn members(c: &mut Client, id: u64) -> Vec<String> {
@@ -97,5 +94,7 @@ async fn a_crashed_nodes_members_leave_presence_within_the_ttl() {
     tokio::time::sleep(Duration::from_secs(6)).await;
     assert_eq!(stats(&mut cy, 201).await, (2, 2));
     assert_eq!(stats(&mut ada_b, 202).await, (2, 2));
-    println!("dead node's members gone from presence {gone_after:?} after SIGKILL (presence_ttl 3 s)");
+    println!(
+        "dead node's members gone from presence {gone_after:?} after SIGKILL (presence_ttl 3 s)"
+    );
 }
