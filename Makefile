@@ -11,7 +11,7 @@ export FERROCAST_BIN := $(CURDIR)/target/debug/ferrocast
 
 .PHONY: run build release test deps unit lint fmt bench loadtest soak clean config-check \
 	test-rust test-ops test-clients test-example e2e example python-test js-test pusher-test fleet-bench \
-	conformance
+	conformance chaos chaos-short
 
 ## run: build a release node and start it on the embedded memory broker
 run: release
@@ -53,11 +53,22 @@ $(APT_STAMP):
 ## test: install what the tests need, then run every test
 test: deps
 	$(CARGO) build --workspace
-	$(MAKE) --no-print-directory test-rust conformance test-ops test-clients test-example e2e
+	$(MAKE) --no-print-directory test-rust chaos-short conformance test-ops test-clients test-example e2e
 
 ## test-rust: unit and integration tests (real binary, real Redis / Redis Cluster)
 test-rust:
 	$(CARGO) test --workspace
+
+## chaos-short: the Redis Cluster chaos suite in short (master SIGKILL, SIGSTOP 6 s, all Redis down
+##   5 s; 2 debug nodes, 60 clients; about a minute). tests/chaos.rs
+chaos-short:
+	$(CARGO) test --test chaos -- --ignored --exact chaos_short --nocapture
+
+## chaos: the full chaos suite on release nodes (every scenario, 10k clients for the node kill;
+##   about 10 minutes); the table lands in target/chaos/results.md (docs/benchmarks.md). CHAOS_ONLY=a,b
+##   picks scenarios by name.
+chaos:
+	$(CARGO) test --release --test chaos -- --ignored --exact chaos_full --nocapture
 
 ## conformance: RFC 6455 Autobahn|Testsuite cases 1-10 against the echo route (tests/conformance/, docs/conformance.md)
 ##   CASES="1.* 2.*" selects; CONFORMANCE_CLIENT=wstest cross-checks with the real wstest (needs Python 2.7)

@@ -344,3 +344,78 @@ async fn replicas_ack_cost() {
         println!("replicas_ack={ack}: median publish latency {m} µs (per-run medians {all:?})");
     }
 }
+
+/// Collects what the broker hands the hub.
+#[derive(Default)]
+struct Sink(parking_lot::Mutex<Vec<(String, u64)>>);
+
+impl ferrocast::broker::DeliverySink for Sink {
+    fn deliver(
+        &self,
+        channel: &ferrocast::protocol::ChannelName,
+        offset: u64,
+        _payload: bytes::Bytes,
+        _at: u64,
+    ) {
+        self.0.lock().push((channel.as_str().to_string(), offset));
+    }
+    fn control(&self, _msg: ferrocast::broker::Control) {}
+}
+
+/// Issue 11 item 3 (found by `make chaos`, master SIGSTOP): when a channel is reset, every local
+/// subscriber leaves and subscribes again at once, from both shards. The shard taking the first
+/// new subscriber can ask the broker for the subscription *before* the shard that lost the last
+/// old one asks to drop it; the broker then ended unsubscribed while the hub believed it was
+/// subscribed, and the channel went silent on that node for good. The broker counts now.
+#[tokio::test]
+async fn a_subscribe_queued_before_the_previous_unsubscribe_keeps_the_subscription() {
+    use ferrocast::broker::{ChannelOptions, PublishRequest};
+    use ferrocast::protocol::ChannelName;
+    use futures_util::FutureExt;
+    let redis = standalone();
+    let config = ferrocast::config::BrokerConfig {
+        kind: "redis".into(),
+        urls: vec![redis.url()],
+        ..Default::default()
+    };
+    let sink = Arc::new(Sink::default());
+    let broker = ferrocast::broker::redis::RedisBroker::start(&config, sink.clone())
+        .await
+        .unwrap();
+    let ch = ChannelName::parse("room:order").unwrap();
+    let options = ChannelOptions {
+        history_size: 10,
+        history_ttl: Duration::from_secs(60),
+    };
+    let publish = |n: u64| PublishRequest {
+        channel: ch.clone(),
+        data: bytes::Bytes::from(format!("{{\"n\":{n}}}")),
+        info: None,
+        options: options.clone(),
+        idempotency_key: None,
+    };
+    broker.subscribe(&ch).await.unwrap();
+    broker.publish(publish(1)).await.unwrap();
+    assert!(
+        eventually(SHORT, || async { sink.0.lock().len() == 1 }).await,
+        "the first publication arrives"
+    );
+    // Shard B's subscribe goes out first (its first poll queues it), shard A's unsubscribe of
+    // the old subscription right after.
+    let mut second = Box::pin(broker.subscribe(&ch));
+    assert!((&mut second).now_or_never().is_none());
+    broker.unsubscribe(&ch).await.unwrap();
+    second.await.unwrap();
+    broker.publish(publish(2)).await.unwrap();
+    assert!(
+        eventually(SHORT, || async { sink.0.lock().len() == 2 }).await,
+        "the channel is still subscribed: {:?}",
+        sink.0.lock()
+    );
+    // The pairs balance: one more unsubscribe and the node leaves the channel.
+    broker.unsubscribe(&ch).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    broker.publish(publish(3)).await.unwrap();
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(sink.0.lock().len(), 2, "{:?}", sink.0.lock());
+}

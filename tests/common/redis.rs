@@ -19,12 +19,15 @@ fn redis_bin(name: &str) -> String {
     );
 }
 
-/// A port that is free now, with its cluster bus port (+10000) free too.
+/// A port that is free now, with its cluster bus port (+10000) free too. Both lie below the
+/// kernel's ephemeral range (32768…), so a client socket can't take one while a node is down
+/// (the chaos tests restart nodes on their ports while thousands of sockets come and go).
 fn free_redis_port() -> u16 {
     use rand_port::next;
     loop {
         let p = next();
-        if StdTcpListener::bind(("127.0.0.1", p)).is_ok()
+        if p + 10000 < 32768
+            && StdTcpListener::bind(("127.0.0.1", p)).is_ok()
             && StdTcpListener::bind(("127.0.0.1", p + 10000)).is_ok()
         {
             return p;
@@ -35,7 +38,7 @@ fn free_redis_port() -> u16 {
 mod rand_port {
     use std::sync::atomic::{AtomicU64, Ordering};
     static STATE: AtomicU64 = AtomicU64::new(0);
-    /// Ports in 20000..29999, spread by a per-process seed so parallel test binaries differ.
+    /// Ports in 20000..22767, spread by a per-process seed so parallel test binaries differ.
     pub fn next() -> u16 {
         let mut s = STATE.load(Ordering::Relaxed);
         if s == 0 {
@@ -49,7 +52,7 @@ mod rand_port {
         s ^= s >> 7;
         s ^= s << 17;
         STATE.store(s, Ordering::Relaxed);
-        20000 + (s % 10000) as u16
+        20000 + (s % 2768) as u16
     }
 }
 
@@ -62,21 +65,54 @@ pub struct RedisProc {
 
 impl RedisProc {
     fn spawn(cluster: bool) -> RedisProc {
-        let port = free_redis_port();
-        let dir = super::temp_path(&format!("redis-{port}"), "d");
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut p = RedisProc {
-            port,
-            child: None,
-            dir,
-            cluster,
-        };
+        let mut p = RedisProc::allocate(cluster);
         p.start();
         p
     }
 
-    /// (Re)starts the server on its port, with an empty data set.
+    /// A port and a directory, no process yet (`start` runs it).
+    fn allocate(cluster: bool) -> RedisProc {
+        let port = free_redis_port();
+        let dir = super::temp_path(&format!("redis-{port}"), "d");
+        std::fs::create_dir_all(&dir).unwrap();
+        RedisProc {
+            port,
+            child: None,
+            dir,
+            cluster,
+        }
+    }
+
+    /// (Re)starts the server on its port, with an empty data set (a cluster node forgets the
+    /// cluster too).
     pub fn start(&mut self) {
+        self.start_inner(true);
+    }
+
+    /// Restarts a cluster node on its port with an empty data set but its `nodes.conf`: it
+    /// rejoins the cluster as the node it was (and learns whether it was demoted meanwhile).
+    pub fn restart_keeping_identity(&mut self) {
+        self.start_inner(false);
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Sends `sig` (SIGSTOP, SIGCONT, …) to the running server.
+    pub fn signal(&self, sig: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+            unsafe { libc::kill(pid as i32, sig) };
+        }
+    }
+
+    fn start_inner(&mut self, wipe: bool) {
         let mut cmd = Command::new(redis_bin("redis-server"));
         cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
@@ -86,7 +122,9 @@ impl RedisProc {
             // Replicas sync at once (the default waits 5 s for more replicas to batch).
             .args(["--repl-diskless-sync-delay", "0"]);
         if self.cluster {
-            let _ = std::fs::remove_file(self.dir.join("nodes.conf"));
+            if wipe {
+                let _ = std::fs::remove_file(self.dir.join("nodes.conf"));
+            }
             cmd.args([
                 "--cluster-enabled",
                 "yes",
@@ -114,6 +152,9 @@ impl RedisProc {
 
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A stopped process dies of SIGKILL all the same; continue it for a clean reap.
+            // SAFETY: kill(2) on the pid of a child we spawned and have not reaped yet.
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -153,7 +194,30 @@ pub struct Cluster {
 impl Cluster {
     /// Six nodes, `--cluster-replicas 1`, waiting until every node reports `cluster_state:ok`.
     pub fn start() -> Cluster {
-        let nodes: Vec<RedisProc> = (0..6).map(|_| RedisProc::spawn(true)).collect();
+        let mut c = Cluster::allocate();
+        c.launch();
+        c
+    }
+
+    /// Six ports and directories, no process yet: `launch` starts and creates the cluster (a
+    /// test can start ferrocast nodes on these URLs before Redis exists).
+    pub fn allocate() -> Cluster {
+        let mut nodes: Vec<RedisProc> = Vec::new();
+        while nodes.len() < 6 {
+            let n = RedisProc::allocate(true);
+            if nodes.iter().all(|m| m.port != n.port) {
+                nodes.push(n);
+            }
+        }
+        Cluster { nodes }
+    }
+
+    /// Starts the six servers (allocated by `allocate`) and creates the cluster, as `start`.
+    pub fn launch(&mut self) {
+        for n in &mut self.nodes {
+            n.start();
+        }
+        let nodes = &self.nodes;
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -171,7 +235,7 @@ impl Cluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let c = Cluster { nodes };
+        let c = &*self;
         c.wait_ok(Duration::from_secs(20));
         // Every replica has finished its first sync (else it can't take over).
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -185,7 +249,6 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        c
     }
 
     pub fn wait_ok(&self, timeout: Duration) {

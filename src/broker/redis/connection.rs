@@ -144,6 +144,21 @@ impl Connection {
         self.ok(r)
     }
 
+    /// Cluster: refreshes the subscriber client's slot map (`SSUBSCRIBE` goes where it says).
+    /// The subscriber notices no failover by itself when its old master went silent (stopped)
+    /// rather than away, and kept sending new subscriptions there.
+    pub(super) async fn sync_subscriber_topology(&self) {
+        use fred::prelude::ClusterInterface;
+        if !self.cluster {
+            return;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), self.sub.sync_cluster()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "subscriber cluster sync failed"),
+            Err(_) => tracing::debug!("subscriber cluster sync timed out"),
+        }
+    }
+
     /// Both connections are up and the last command reached Redis.
     pub(super) fn is_up(&self) -> bool {
         self.client.is_connected()
@@ -175,17 +190,25 @@ pub(super) async fn run_reconnects(inner: Arc<Inner>) {
                     true
                 }
             },
+            // In a cluster the command client is often the first to learn of a failover (its
+            // commands meet the new topology): the subscriber's map and subscriptions follow.
             r = cmd_events.recv() => match r {
                 Err(broadcast::error::RecvError::Closed) => return,
                 Ok(server) => {
                     tracing::info!(%server, "command connection re-established");
-                    false
+                    inner.conn.cluster
                 }
-                Err(_) => false,
+                Err(_) => inner.conn.cluster,
             },
         };
         metrics().broker_reconnects.inc();
         if resubscribe {
+            // Several events of one failover come together: one refresh for them all.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while sub_events.try_recv().is_ok()
+                || topology.try_recv().is_ok()
+                || cmd_events.try_recv().is_ok()
+            {}
             let _ = inner.sub_tx.send(SubReq::RefreshAll);
         }
         inner.check_now.notify_one();

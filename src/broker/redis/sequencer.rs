@@ -178,7 +178,7 @@ impl<P> ChanState<P> {
                 // No stream existed when the node subscribed: every offset of the one that
                 // appeared is news.
                 self.restart(held.epoch.clone(), 0, bump(generation));
-            } else {
+            } else if held.offset <= self.last {
                 // The stream restarted under a new epoch (it expired, or was lost with a Redis
                 // shard, or its master changed). Offsets start over; clients notice the lower
                 // offset (or the epoch when recovering) and resubscribe (protocol §11.3, §11.4).
@@ -187,6 +187,16 @@ impl<P> ChanState<P> {
                     held.offset.saturating_sub(1),
                     bump(generation),
                 );
+            } else {
+                // Another epoch, but an offset a client would take for the next one (live
+                // publications carry no epoch): a stale master that ran a publish queued before
+                // it was demoted, or a restart that reached past our position. Delivered, it
+                // would stand in for the publication the followed stream has at that offset, a
+                // silent gap. Subscribers recover from the stream instead (found by the chaos
+                // suite: a master SIGSTOPped, then continued).
+                self.restart(held.epoch.clone(), held.offset, bump(generation));
+                out.push(Step::Reset(channel.clone()));
+                return;
             }
         }
         if held.offset <= self.last {
@@ -713,6 +723,26 @@ mod tests {
         let (mut seq, ch) = following(9);
         assert_eq!(publ(&mut seq, "g", 3), vec![deliver(3)]);
         assert_eq!(pos(&seq, &ch), ("g".into(), 3));
+    }
+
+    /// Issue 11 item 3: a publication of another epoch whose offset a client would take for the
+    /// next one is not delivered: the subscribers are told to resubscribe (and recover).
+    #[test]
+    fn another_epoch_ahead_of_the_position_resets_instead_of_delivering() {
+        let (mut seq, ch) = following(21);
+        // The old master, continued after its replica took over, runs a queued publish.
+        assert_eq!(
+            publ(&mut seq, "stale", 22),
+            vec![Step::Reset(name("room:1"))]
+        );
+        assert_eq!(pos(&seq, &ch), ("stale".into(), 22));
+        // Back on the real stream: again not deliverable as the next offset.
+        assert_eq!(publ(&mut seq, "e", 23), vec![Step::Reset(name("room:1"))]);
+        assert_eq!(pos(&seq, &ch), ("e".into(), 23));
+        assert_eq!(publ(&mut seq, "e", 24), vec![deliver(24)]);
+        // A restart at offset 1 after offset 0 (nothing a client could notice) resets too.
+        let (mut seq, _) = following(0);
+        assert_eq!(publ(&mut seq, "f", 1), vec![Step::Reset(name("room:1"))]);
     }
 
     #[test]

@@ -88,6 +88,13 @@ pub(super) fn unsubscribe(inner: &Inner, channel: &ChannelName) {
 pub(super) async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<SubReq>) {
     let inner = &*inner;
     let sub = &inner.conn.sub;
+    let control = inner.control_channel();
+    // Subscribes answered Ok minus unsubscribes, per channel. The hub's shards subscribe and
+    // unsubscribe a channel from different threads: a shard's first subscriber can ask for the
+    // subscription before the shard that lost the channel's last subscriber a moment earlier
+    // asks to drop it (every subscriber of a reset channel leaves and comes back at once). Only
+    // the count reaching 0 unsubscribes, whatever the order the requests came in.
+    let mut counts: HashMap<String, u32> = HashMap::new();
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -96,8 +103,8 @@ pub(super) async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::Unbounded
                 Err(_) => break,
             }
         }
-        // The last request per channel wins; every waiter is answered with the outcome.
-        let mut want: HashMap<String, bool> = HashMap::new();
+        // Every waiter is answered with the outcome; the count decides what is wanted.
+        let mut touched: HashSet<String> = HashSet::new();
         let mut waiters: HashMap<String, Vec<oneshot::Sender<Result<(), BrokerError>>>> =
             HashMap::new();
         let mut refresh = Vec::new();
@@ -105,20 +112,43 @@ pub(super) async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::Unbounded
         for r in batch {
             match r {
                 SubReq::Subscribe(c, tx) => {
+                    *counts.entry(c.clone()).or_default() += 1;
                     waiters.entry(c.clone()).or_default().push(tx);
-                    want.insert(c, true);
+                    touched.insert(c);
                 }
                 SubReq::Unsubscribe(c) => {
-                    want.insert(c, false);
+                    if let Some(n) = counts.get_mut(&c) {
+                        *n = n.saturating_sub(1);
+                    }
+                    touched.insert(c);
                 }
                 SubReq::Refresh(c) => refresh.push(c),
                 SubReq::RefreshAll => refresh_all = true,
             }
         }
-        let (subs, unsubs): (Vec<_>, Vec<_>) = want.into_iter().partition(|(_, w)| *w);
-        let subs: Vec<String> = subs.into_iter().map(|(c, _)| c).collect();
-        let unsubs: Vec<String> = unsubs.into_iter().map(|(c, _)| c).collect();
+        let (mut subs, mut unsubs) = (Vec::new(), Vec::new());
+        {
+            let set = inner.subscribed.lock();
+            for c in touched {
+                let wanted = counts.get(&c).is_some_and(|n| *n > 0);
+                if !wanted {
+                    counts.remove(&c);
+                }
+                match (wanted, set.contains(&c)) {
+                    (true, false) => subs.push(c),
+                    (false, true) => unsubs.push(c),
+                    // Already subscribed: its waiters are answered Ok below.
+                    _ => {}
+                }
+            }
+        }
 
+        tracing::debug!(
+            ?subs,
+            ?unsubs,
+            waiting = waiters.len(),
+            "subscription batch"
+        );
         if !unsubs.is_empty() {
             {
                 let mut set = inner.subscribed.lock();
@@ -150,10 +180,27 @@ pub(super) async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::Unbounded
                     .map(|g| async move { (g, sub.ssubscribe(g.clone()).await) }),
             )
             .await;
+            let mut again: Vec<Vec<String>> = Vec::new();
             for (group, r) in results {
                 if let Err(e) = inner.conn.ok(r) {
-                    tracing::warn!(error = %e, channels = group.len(), "SSUBSCRIBE failed");
-                    failed.extend(group.iter().cloned());
+                    if inner.conn.cluster {
+                        again.push(group.clone());
+                    } else {
+                        tracing::warn!(error = %e, channels = group.len(), "SSUBSCRIBE failed");
+                        failed.extend(group.iter().cloned());
+                    }
+                }
+            }
+            if !again.is_empty() {
+                // The subscriber's slot map may be stale (after a failover it still sends to
+                // the old master, which may hang stopped or answer as a replica): refresh it
+                // and try once more before the subscribers are told 108.
+                inner.conn.sync_subscriber_topology().await;
+                for group in again {
+                    if let Err(e) = inner.conn.ok(sub.ssubscribe(group.clone()).await) {
+                        tracing::warn!(error = %e, channels = group.len(), "SSUBSCRIBE failed");
+                        failed.extend(group);
+                    }
                 }
             }
             for c in &failed {
@@ -209,14 +256,34 @@ pub(super) async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::Unbounded
                 }
             }
         }
+        if !failed.is_empty() {
+            tracing::debug!(?failed, "subscriptions failed");
+        }
         for (c, txs) in waiters {
             let r = if failed.contains(&c) {
                 Err(BrokerError::Unavailable("subscribe failed".into()))
             } else {
                 Ok(())
             };
+            // A failed subscribe is never unsubscribed, nor is one whose asker is gone.
+            let mut unpaired = 0;
             for tx in txs {
-                let _ = tx.send(r.clone());
+                if tx.send(r.clone()).is_err() && r.is_ok() && c != control {
+                    unpaired += 1;
+                }
+            }
+            if r.is_err() {
+                counts.remove(&c);
+            } else if unpaired > 0 {
+                if let Some(n) = counts.get_mut(&c) {
+                    *n = n.saturating_sub(unpaired);
+                    if *n == 0 {
+                        // Nobody wants it any more: leave it the usual way.
+                        counts.remove(&c);
+                        let _ = inner.sub_tx.send(SubReq::Unsubscribe(c.clone()));
+                        *counts.entry(c).or_default() += 1;
+                    }
+                }
             }
         }
         // Applied after this batch's changes and only to channels still wanted, so a
@@ -229,6 +296,10 @@ pub(super) async fn run_subscriptions(inner: Arc<Inner>, mut rx: mpsc::Unbounded
                 refresh.into_iter().filter(|c| set.contains(c)).collect()
             }
         };
+        if !refresh.is_empty() {
+            // Re-subscribing where the old map says would only reach the old node again.
+            inner.conn.sync_subscriber_topology().await;
+        }
         for group in by_slot(inner.conn.cluster, refresh) {
             let n = group.len() as u64;
             match inner.conn.ok(sub.ssubscribe(group).await) {
@@ -498,7 +569,9 @@ fn on_check(
     let Some(name) = inner.channel_of(shard_channel) else {
         return;
     };
-    match seq.check(name, epoch, top, read_at) {
+    let checked = seq.check(name, epoch.clone(), top, read_at);
+    tracing::debug!(channel = name, %epoch, top, ?checked, "position check");
+    match checked {
         Checked::InStep => {}
         Checked::Reset => {
             let Some(channel) = seq.channel(name).cloned() else {
