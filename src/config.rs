@@ -1138,6 +1138,68 @@ mod tests {
     }
 
     #[test]
+    fn pusher_webhooks_are_checked() {
+        let load = |extra: &str| {
+            let dir = std::env::temp_dir().join(format!(
+                "fc-pusher-wh-{}-{}.toml",
+                std::process::id(),
+                extra.len()
+            ));
+            std::fs::write(
+                &dir,
+                format!("[[pusher.apps]]\napp_id = \"1\"\nkey = \"k\"\nsecret = \"s\"\n{extra}\n"),
+            )
+            .unwrap();
+            let r = Config::load(dir.to_str(), &[]);
+            let _ = std::fs::remove_file(&dir);
+            r
+        };
+        let cfg = load("").unwrap();
+        let app = &cfg.pusher.apps[0];
+        assert!(app.webhook_url.is_empty() && !app.wants_webhook("channel_occupied"));
+        assert_eq!(
+            app.webhook_vacate_delay.0,
+            Duration::ZERO,
+            "Pusher: no delay"
+        );
+        let cfg = load("webhook_url = \"http://127.0.0.1:9/h\"").unwrap();
+        let app = &cfg.pusher.apps[0];
+        assert!(app.wants_webhook("channel_vacated") && app.wants_webhook("member_removed"));
+        assert!(!app.wants_webhook("client_event"), "only when listed");
+        let cfg = load(
+            "webhook_url = \"http://127.0.0.1:9/h\"\nwebhook_events = \"client_event, member_added\"",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.pusher.apps[0].webhook_events,
+            vec!["client_event", "member_added"]
+        );
+        for (extra, key) in [
+            (
+                "webhook_url = \"https://x.org/h\"",
+                "pusher.apps[0].webhook_url",
+            ),
+            (
+                "webhook_events = [\"user_online\"]",
+                "pusher.apps[0].webhook_events",
+            ),
+            (
+                "webhook_vacate_delay = \"2h\"",
+                "pusher.apps[0].webhook_vacate_delay",
+            ),
+            (
+                "webhook_url = \"http://127.0.0.1:9/h\"\n[webhooks]\nbatch_max = 0",
+                "webhooks.batch_max",
+            ),
+        ] {
+            let e = load(extra).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{extra}: {e}");
+        }
+        // The batching settings are only checked when a sender runs.
+        load("[webhooks]\nbatch_max = 0").unwrap();
+    }
+
+    #[test]
     fn pusher_apps_get_their_namespaces() {
         let dir = std::env::temp_dir().join(format!("fc-pusher-{}.toml", std::process::id()));
         std::fs::write(

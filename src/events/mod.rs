@@ -381,7 +381,9 @@ impl Emitter {
             if let Some(hooks) = self.pusher.channel_app(key).filter(|h| h.wants(name)) {
                 if let Some(pusher_name) = crate::pusher::protocol::from_ferrocast(key) {
                     tracing::debug!(event = name, channel = %pusher_name, "pusher webhook event");
-                    hooks.queue.push(webhook::pusher::channel(name, &pusher_name));
+                    hooks
+                        .queue
+                        .push(webhook::pusher::channel(name, &pusher_name));
                 }
             }
         }

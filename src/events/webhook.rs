@@ -186,11 +186,7 @@ pub mod pusher {
 
 /// The request body of a batch, stamped `time_ms` (receivers refuse stale bodies: replay).
 pub fn body(time_ms: u64, node: &str, events: &[Event]) -> String {
-    body_for(
-        time_ms,
-        &format!("\"node\":{},", json_str(node)),
-        events,
-    )
+    body_for(time_ms, &format!("\"node\":{},", json_str(node)), events)
 }
 
 /// Pusher's body: `{"time_ms": …, "events": […]}`.
@@ -387,14 +383,18 @@ async fn post(
     let body = match &target.format {
         Format::Ferrocast { node, secret } => {
             let body = body(unix_ms(), node, batch);
-            req = req.header(SIGNATURE_HEADER, signature(secret.as_bytes(), body.as_bytes()));
+            req = req.header(
+                SIGNATURE_HEADER,
+                signature(secret.as_bytes(), body.as_bytes()),
+            );
             body
         }
         Format::Pusher { key, secret } => {
             let body = pusher_body(unix_ms(), batch);
-            req = req
-                .header(PUSHER_KEY_HEADER, key.as_str())
-                .header(PUSHER_SIGNATURE_HEADER, hmac_hex(secret.as_bytes(), body.as_bytes()));
+            req = req.header(PUSHER_KEY_HEADER, key.as_str()).header(
+                PUSHER_SIGNATURE_HEADER,
+                hmac_hex(secret.as_bytes(), body.as_bytes()),
+            );
             body
         }
     };

@@ -196,7 +196,10 @@ pub async fn handle(shard: &Rc<Shard>, key: usize, msg: Bytes) {
         }
         "pusher:signin" => signin(shard, key, client, app, &socket_id, m.data),
         ev if ev.starts_with("client-") => {
-            client_event(shard, key, client, app_index, &socket_id, ev, m.channel, m.data).await
+            client_event(
+                shard, key, client, app_index, &socket_id, ev, m.channel, m.data,
+            )
+            .await
         }
         _ => {} // unknown events are ignored, as Pusher does
     }
@@ -633,7 +636,14 @@ async fn client_event(
         .events
         .as_ref()
         .filter(|e| e.wants_pusher_client_events(app_index))
-        .map(|e| (e.clone(), ch.clone(), data.get().to_string(), user_id.clone()));
+        .map(|e| {
+            (
+                e.clone(),
+                ch.clone(),
+                data.get().to_string(),
+                user_id.clone(),
+            )
+        });
     let req = PublishRequest {
         channel: ch,
         data: Bytes::from(body),
