@@ -134,6 +134,31 @@ pub struct PusherAppConfig {
     /// Seconds of silence after which pusher-js pings (`activity_timeout` in
     /// `pusher:connection_established`).
     pub activity_timeout: u64,
+    /// Where this app's Pusher-format webhooks are POSTed (an http:// URL); empty = none.
+    pub webhook_url: String,
+    /// Pusher webhook names to send (`PUSHER_WEBHOOK_EVENTS`); the four channel-existence and
+    /// presence events by default, `client_event` only when listed.
+    #[serde(deserialize_with = "names_or_list")]
+    pub webhook_events: Vec<String>,
+    /// channel_vacated waits this long after the last subscriber left, fleet-wide (a
+    /// re-subscribe cancels it). Pusher sends it without delay: 0s by default.
+    pub webhook_vacate_delay: HumanDuration,
+}
+
+/// Pusher webhook names (`pusher.apps[].webhook_events`).
+pub const PUSHER_WEBHOOK_EVENTS: [&str; 5] = [
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+];
+
+impl PusherAppConfig {
+    /// Whether this app sends Pusher webhooks of `name`.
+    pub fn wants_webhook(&self, name: &str) -> bool {
+        !self.webhook_url.is_empty() && self.webhook_events.iter().any(|e| e == name)
+    }
 }
 
 impl Default for PusherAppConfig {
@@ -146,6 +171,12 @@ impl Default for PusherAppConfig {
             max_connections: 0,
             history_size: 0,
             activity_timeout: 120,
+            webhook_url: String::new(),
+            webhook_events: PUSHER_WEBHOOK_EVENTS[..4]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            webhook_vacate_delay: secs(0),
         }
     }
 }
@@ -195,6 +226,26 @@ impl Config {
             }
             if app.history_size > 1_000_000 {
                 return Err(invalid(&k("history_size"), "at most 1000000"));
+            }
+            for e in &app.webhook_events {
+                if !PUSHER_WEBHOOK_EVENTS.contains(&e.as_str()) {
+                    return Err(invalid(
+                        &k("webhook_events"),
+                        format!(
+                            "unknown event {e:?} (one of {})",
+                            PUSHER_WEBHOOK_EVENTS.join(", ")
+                        ),
+                    ));
+                }
+            }
+            if !app.webhook_url.is_empty() && !http_url(&app.webhook_url) {
+                return Err(invalid(
+                    &k("webhook_url"),
+                    "must be an http:// URL (terminate TLS in a proxy next to the node)",
+                ));
+            }
+            if app.webhook_vacate_delay.0 > Duration::from_secs(3600) {
+                return Err(invalid(&k("webhook_vacate_delay"), "at most 1h"));
             }
             let base = NamespaceConfig {
                 publish: false,
@@ -294,7 +345,9 @@ impl WebhooksConfig {
         self.enabled() && self.events.iter().any(|e| e == name)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// `senders`: whether a webhook sender runs at all (this section's `url`, or a Pusher app's
+    /// `webhook_url`, whose senders use this section's batching and retry settings).
+    fn validate(&self, senders: bool) -> Result<(), ConfigError> {
         for e in &self.events {
             if !WEBHOOK_EVENTS.contains(&e.as_str()) {
                 return Err(invalid(
@@ -303,25 +356,20 @@ impl WebhooksConfig {
                 ));
             }
         }
-        if !self.enabled() {
-            return Ok(());
-        }
-        let uri_ok = self.url.starts_with("http://")
-            && self
-                .url
-                .parse::<hyper::Uri>()
-                .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
-        if !uri_ok {
+        if self.enabled() && !http_url(&self.url) {
             return Err(invalid(
                 "webhooks.url",
                 "must be an http:// URL (terminate TLS in a proxy next to the node)",
             ));
         }
-        if self.secret.is_empty() {
+        if self.enabled() && self.secret.is_empty() {
             return Err(invalid(
                 "webhooks.secret",
                 "must not be empty when webhooks.url is set",
             ));
+        }
+        if !senders {
+            return Ok(());
         }
         if !(1..=10_000).contains(&self.batch_max) {
             return Err(invalid("webhooks.batch_max", "1 to 10000"));
@@ -351,6 +399,14 @@ impl WebhooksConfig {
         }
         Ok(())
     }
+}
+
+/// An http:// URL with a host (webhook destinations).
+fn http_url(url: &str) -> bool {
+    url.starts_with("http://")
+        && url
+            .parse::<hyper::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()))
 }
 
 /// A list of names, or one string of comma-separated names.
@@ -822,7 +878,9 @@ impl Config {
         if self.shutdown.drain_seconds > 3600 {
             return Err(invalid("shutdown.drain_seconds", "at most 3600"));
         }
-        self.webhooks.validate()?;
+        let pusher_hooks = self.pusher.apps.iter().any(|a| !a.webhook_url.is_empty());
+        self.webhooks
+            .validate(self.webhooks.enabled() || pusher_hooks)?;
         for (name, ns) in &self.namespaces {
             let valid = name
                 .bytes()
@@ -1077,6 +1135,68 @@ mod tests {
             let e = on(&[set]).unwrap_err().to_string();
             assert!(e.starts_with(key), "{set}: {e}");
         }
+    }
+
+    #[test]
+    fn pusher_webhooks_are_checked() {
+        let load = |extra: &str| {
+            let dir = std::env::temp_dir().join(format!(
+                "fc-pusher-wh-{}-{}.toml",
+                std::process::id(),
+                extra.len()
+            ));
+            std::fs::write(
+                &dir,
+                format!("[[pusher.apps]]\napp_id = \"1\"\nkey = \"k\"\nsecret = \"s\"\n{extra}\n"),
+            )
+            .unwrap();
+            let r = Config::load(dir.to_str(), &[]);
+            let _ = std::fs::remove_file(&dir);
+            r
+        };
+        let cfg = load("").unwrap();
+        let app = &cfg.pusher.apps[0];
+        assert!(app.webhook_url.is_empty() && !app.wants_webhook("channel_occupied"));
+        assert_eq!(
+            app.webhook_vacate_delay.0,
+            Duration::ZERO,
+            "Pusher: no delay"
+        );
+        let cfg = load("webhook_url = \"http://127.0.0.1:9/h\"").unwrap();
+        let app = &cfg.pusher.apps[0];
+        assert!(app.wants_webhook("channel_vacated") && app.wants_webhook("member_removed"));
+        assert!(!app.wants_webhook("client_event"), "only when listed");
+        let cfg = load(
+            "webhook_url = \"http://127.0.0.1:9/h\"\nwebhook_events = \"client_event, member_added\"",
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.pusher.apps[0].webhook_events,
+            vec!["client_event", "member_added"]
+        );
+        for (extra, key) in [
+            (
+                "webhook_url = \"https://x.org/h\"",
+                "pusher.apps[0].webhook_url",
+            ),
+            (
+                "webhook_events = [\"user_online\"]",
+                "pusher.apps[0].webhook_events",
+            ),
+            (
+                "webhook_vacate_delay = \"2h\"",
+                "pusher.apps[0].webhook_vacate_delay",
+            ),
+            (
+                "webhook_url = \"http://127.0.0.1:9/h\"\n[webhooks]\nbatch_max = 0",
+                "webhooks.batch_max",
+            ),
+        ] {
+            let e = load(extra).unwrap_err().to_string();
+            assert!(e.starts_with(key), "{extra}: {e}");
+        }
+        // The batching settings are only checked when a sender runs.
+        load("[webhooks]\nbatch_max = 0").unwrap();
     }
 
     #[test]

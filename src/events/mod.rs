@@ -16,6 +16,12 @@
 //! delay passed without a re-join, or whose holders all expired, become user_offline /
 //! channel_vacated, each reported by exactly one sweeper.
 //!
+//! Pusher apps with a `webhook_url` (docs/pusher.md) get Pusher-format webhooks from the same
+//! machinery: their channels' occupied/vacated transitions are the same tracked transitions of
+//! the ferrocast channel `pusher-<app>:<name>` (with the app's `webhook_vacate_delay`), sent to
+//! the app's own sender; `member_added` / `member_removed` and `client_event` come from the
+//! Pusher adapter (`pusher_member`, `pusher_client_event`).
+//!
 //! Broker calls for one key run in order (a key always goes to the same worker task); different
 //! keys run concurrently. A failed join or leave heals itself: a join the broker didn't record is
 //! noticed by the next refresh (and joined again), a leave it didn't record expires after the TTL.
@@ -33,7 +39,7 @@ use tokio::sync::mpsc;
 use crate::broker::{Broker, TrackKind};
 use crate::config::Config;
 use crate::protocol::ChannelName;
-use webhook::{Event, EventFactory, Queue};
+use webhook::{Event, EventFactory, Format, InFlight, Queue, Target};
 
 /// How often every node looks for final transitions to empty.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -58,22 +64,59 @@ enum Op {
     Leave(TrackKind, String),
 }
 
-/// The node's event hooks. Present on `Node` only while webhooks are on.
+/// A Pusher app's webhook sender and what it sends.
+struct PusherHooks {
+    queue: Queue,
+    in_flight: Arc<InFlight>,
+    events: Vec<String>,
+    vacate_delay: Duration,
+}
+
+impl PusherHooks {
+    fn wants(&self, name: &str) -> bool {
+        self.events.iter().any(|e| e == name)
+    }
+}
+
+/// The Pusher apps' senders (by app index) and which ferrocast namespaces carry channels of an
+/// app that wants channel_occupied / channel_vacated.
+#[derive(Default)]
+struct PusherDests {
+    apps: Vec<Option<PusherHooks>>,
+    channel_namespaces: HashMap<String, usize>,
+}
+
+impl PusherDests {
+    /// The app whose channel-existence webhooks `channel` (a ferrocast channel) is tracked for.
+    fn channel_app(&self, channel: &str) -> Option<&PusherHooks> {
+        if self.channel_namespaces.is_empty() {
+            return None;
+        }
+        let (ns, _) = channel.split_once(':')?;
+        let app = *self.channel_namespaces.get(ns)?;
+        self.apps[app].as_ref()
+    }
+}
+
+/// The node's event hooks. Present on `Node` only while webhooks are on (`[webhooks]`, or a
+/// Pusher app's `webhook_url`).
 pub struct Events {
     tx: Option<mpsc::UnboundedSender<Hook>>,
     users: bool,
+    /// ferrocast's own channel events (every channel is tracked).
     channels: bool,
     publish: bool,
-    queue: Queue,
+    /// ferrocast's own sender (`[webhooks] url`).
+    queue: Option<(Queue, Arc<InFlight>)>,
+    pusher: Arc<PusherDests>,
     factory: Arc<EventFactory>,
     /// Hooks and broker calls not finished yet (drain waits for them).
     pending: Arc<AtomicUsize>,
-    in_flight: Arc<webhook::InFlight>,
 }
 
 impl Events {
-    /// Starts the events task, the sweeper and the webhook sender on the current runtime; None
-    /// when webhooks are off (or list no event).
+    /// Starts the events task, the sweeper and the webhook senders on the current runtime; None
+    /// when no webhook is configured (or none lists an event).
     pub fn start(
         config: &Config,
         broker: Arc<dyn Broker>,
@@ -84,18 +127,70 @@ impl Events {
         let users = wh.wants("user_online") || wh.wants("user_offline");
         let channels = wh.wants("channel_occupied") || wh.wants("channel_vacated");
         let publish = wh.wants("client_publish");
-        if !(users || channels || publish) {
+        let mut pusher = PusherDests::default();
+        for (i, app) in config.pusher.apps.iter().enumerate() {
+            let on = !app.webhook_url.is_empty() && !app.webhook_events.is_empty();
+            let hooks = on.then(|| {
+                let (queue, in_flight) = webhook::start(
+                    wh,
+                    Target {
+                        url: app.webhook_url.clone(),
+                        format: Format::Pusher {
+                            key: app.key.clone(),
+                            secret: app.secret.clone(),
+                        },
+                    },
+                );
+                tracing::info!(app = %app.app_id, url = %app.webhook_url, events = ?app.webhook_events, "pusher webhooks on");
+                PusherHooks {
+                    queue,
+                    in_flight,
+                    events: app.webhook_events.clone(),
+                    vacate_delay: app.webhook_vacate_delay.0,
+                }
+            });
+            if hooks
+                .as_ref()
+                .is_some_and(|h| h.wants("channel_occupied") || h.wants("channel_vacated"))
+            {
+                for ns in [
+                    crate::pusher::protocol::namespace(&app.app_id),
+                    crate::pusher::protocol::cache_namespace(&app.app_id),
+                ] {
+                    pusher.channel_namespaces.insert(ns, i);
+                }
+            }
+            pusher.apps.push(hooks);
+        }
+        let pusher_on = pusher.apps.iter().any(Option::is_some);
+        let pusher_channels = !pusher.channel_namespaces.is_empty();
+        if !(users || channels || publish || pusher_on) {
             return None;
         }
-        let (queue, in_flight) = webhook::start(wh, node_name);
+        let pusher = Arc::new(pusher);
+        let queue = (users || channels || publish).then(|| {
+            tracing::info!(url = %wh.url, events = ?wh.events, "webhooks on");
+            webhook::start(
+                wh,
+                Target {
+                    url: wh.url.clone(),
+                    format: Format::Ferrocast {
+                        node: node_name.to_string(),
+                        secret: wh.secret.clone(),
+                    },
+                },
+            )
+        });
         let factory = Arc::new(EventFactory::default());
         let pending = Arc::new(AtomicUsize::new(0));
-        let tx = (users || channels).then(|| {
+        let tracked_channels = channels || pusher_channels;
+        let tx = (users || tracked_channels).then(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             let emit = Emitter {
-                queue: queue.clone(),
+                queue: queue.as_ref().map(|(q, _)| q.clone()),
                 factory: factory.clone(),
                 names: wh.events.clone(),
+                pusher: pusher.clone(),
             };
             let tracker = Tracker {
                 broker: broker.clone(),
@@ -106,24 +201,26 @@ impl Events {
                 emit: emit.clone(),
                 pending: pending.clone(),
             };
-            let kinds: Vec<TrackKind> = [(users, TrackKind::User), (channels, TrackKind::Channel)]
-                .into_iter()
-                .filter_map(|(on, k)| on.then_some(k))
-                .collect();
+            let kinds: Vec<TrackKind> = [
+                (users, TrackKind::User),
+                (tracked_channels, TrackKind::Channel),
+            ]
+            .into_iter()
+            .filter_map(|(on, k)| on.then_some(k))
+            .collect();
             tokio::spawn(run_tracker(Arc::new(tracker), rx, tx.clone()));
             tokio::spawn(run_sweeper(broker, kinds, emit));
             tx
         });
-        tracing::info!(url = %wh.url, events = ?wh.events, "webhooks on");
         Some(Arc::new(Events {
             tx,
             users,
             channels,
             publish,
             queue,
+            pusher,
             factory,
             pending,
-            in_flight,
         }))
     }
 
@@ -150,16 +247,21 @@ impl Events {
         }
     }
 
+    /// Whether `channel`'s existence is tracked (ferrocast's channel events, or a Pusher app's).
+    fn tracks(&self, channel: &ChannelName) -> bool {
+        self.channels || self.pusher.channel_app(channel.as_str()).is_some()
+    }
+
     /// This node's first local subscriber of `channel`.
     pub fn channel_occupied(&self, channel: &ChannelName) {
-        if self.channels {
+        if self.tracks(channel) {
             self.hook(Hook::Up(TrackKind::Channel, channel.as_str().to_string()));
         }
     }
 
     /// This node's last local subscriber of `channel` left.
     pub fn channel_vacated(&self, channel: &ChannelName) {
-        if self.channels {
+        if self.tracks(channel) {
             self.hook(Hook::Down(TrackKind::Channel, channel.as_str().to_string()));
         }
     }
@@ -171,10 +273,76 @@ impl Events {
 
     /// A client publication the broker accepted; `data` is the client's raw JSON.
     pub fn client_published(&self, channel: &ChannelName, user: &str, client: &str, data: &Bytes) {
-        if self.publish {
-            self.queue
-                .push(self.factory.publish(channel.as_str(), user, client, data));
+        if let (true, Some((queue, _))) = (self.publish, &self.queue) {
+            queue.push(self.factory.publish(channel.as_str(), user, client, data));
         }
+    }
+
+    fn pusher_app(&self, app: usize, name: &str) -> Option<&PusherHooks> {
+        self.pusher
+            .apps
+            .get(app)?
+            .as_ref()
+            .filter(|h| h.wants(name))
+    }
+
+    /// The Pusher adapter decided that `user_id` joined (its first connection) or left (its last)
+    /// the presence channel `channel` (a ferrocast channel) of app `app`.
+    pub fn pusher_member(&self, app: usize, added: bool, channel: &ChannelName, user_id: &str) {
+        let name = if added {
+            "member_added"
+        } else {
+            "member_removed"
+        };
+        let Some(hooks) = self.pusher_app(app, name) else {
+            return;
+        };
+        if let Some(pusher_name) = crate::pusher::protocol::from_ferrocast(channel.as_str()) {
+            tracing::debug!(event = name, channel = %pusher_name, user_id, "pusher webhook event");
+            hooks
+                .queue
+                .push(webhook::pusher::member(name, &pusher_name, user_id));
+        }
+    }
+
+    /// Whether app `app` sends `client_event` webhooks (callers skip preparing the arguments).
+    pub fn wants_pusher_client_events(&self, app: usize) -> bool {
+        self.pusher_app(app, "client_event").is_some()
+    }
+
+    /// A Pusher client event the broker accepted; `data` is the client's raw JSON.
+    pub fn pusher_client_event(
+        &self,
+        app: usize,
+        channel: &ChannelName,
+        event: &str,
+        data: &str,
+        socket_id: &str,
+        user_id: Option<&str>,
+    ) {
+        let Some(hooks) = self.pusher_app(app, "client_event") else {
+            return;
+        };
+        if let Some(pusher_name) = crate::pusher::protocol::from_ferrocast(channel.as_str()) {
+            hooks.queue.push(webhook::pusher::client_event(
+                &pusher_name,
+                event,
+                data,
+                socket_id,
+                user_id,
+            ));
+        }
+    }
+
+    fn senders_idle(&self) -> bool {
+        let idle = |q: &Queue, f: &InFlight| q.is_empty() && !f.get();
+        self.queue.as_ref().is_none_or(|(q, f)| idle(q, f))
+            && self
+                .pusher
+                .apps
+                .iter()
+                .flatten()
+                .all(|h| idle(&h.queue, &h.in_flight))
     }
 
     /// Waits (at most `timeout`) until hooks, broker calls and queued webhooks are done: a
@@ -182,9 +350,7 @@ impl Events {
     pub async fn flush(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            let idle = self.pending.load(Ordering::Relaxed) == 0
-                && self.queue.is_empty()
-                && !self.in_flight.get();
+            let idle = self.pending.load(Ordering::Relaxed) == 0 && self.senders_idle();
             if idle {
                 return;
             }
@@ -196,9 +362,11 @@ impl Events {
 /// Turns transitions into queued events, for the names configured.
 #[derive(Clone)]
 struct Emitter {
-    queue: Queue,
+    /// ferrocast's own sender, if on.
+    queue: Option<Queue>,
     factory: Arc<EventFactory>,
     names: Vec<String>,
+    pusher: Arc<PusherDests>,
 }
 
 impl Emitter {
@@ -209,6 +377,17 @@ impl Emitter {
             (TrackKind::Channel, true) => "channel_occupied",
             (TrackKind::Channel, false) => "channel_vacated",
         };
+        if kind == TrackKind::Channel {
+            if let Some(hooks) = self.pusher.channel_app(key).filter(|h| h.wants(name)) {
+                if let Some(pusher_name) = crate::pusher::protocol::from_ferrocast(key) {
+                    tracing::debug!(event = name, channel = %pusher_name, "pusher webhook event");
+                    hooks
+                        .queue
+                        .push(webhook::pusher::channel(name, &pusher_name));
+                }
+            }
+        }
+        let Some(queue) = &self.queue else { return };
         if !self.names.iter().any(|n| n == name) {
             return;
         }
@@ -217,7 +396,7 @@ impl Emitter {
             TrackKind::Channel => self.factory.channel(name, key),
         };
         tracing::debug!(event = name, key, "webhook event");
-        self.queue.push(event);
+        queue.push(event);
     }
 }
 
@@ -250,7 +429,11 @@ impl Tracker {
             Op::Leave(kind, key) => {
                 let delay = match kind {
                     TrackKind::User => self.offline_delay,
-                    TrackKind::Channel => self.vacate_delay,
+                    // A Pusher app's channel: the app's delay (one key, one delay).
+                    TrackKind::Channel => match self.emit.pusher.channel_app(&key) {
+                        Some(hooks) => hooks.vacate_delay,
+                        None => self.vacate_delay,
+                    },
                 };
                 // On failure the hold expires after the TTL, and the sweep reports it then.
                 if let Err(e) = self

@@ -2,6 +2,11 @@
 //! shard never waits), one task that batches them (up to `batch_max`, waiting at most
 //! `batch_wait` for more), signs each request body with HMAC-SHA256 and POSTs it, retrying the
 //! same batch (same event ids) with exponential backoff and jitter up to `max_retries` times.
+//!
+//! One sender per destination ([`Target`]): ferrocast's own `[webhooks]` (ferrocast's body and
+//! `X-Ferrocast-Signature`), and each Pusher app with a `webhook_url` (Pusher's body,
+//! `X-Pusher-Key` and `X-Pusher-Signature`). Each has its own queue; batching, retries and
+//! metrics are the same.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,6 +23,26 @@ use crate::metrics::metrics;
 
 /// The signature header: `sha256=<lowercase hex HMAC-SHA256(secret, raw body)>`.
 pub const SIGNATURE_HEADER: &str = "x-ferrocast-signature";
+
+/// Pusher's headers: the app key, and the lowercase hex HMAC-SHA256(app secret, raw body).
+pub const PUSHER_KEY_HEADER: &str = "x-pusher-key";
+pub const PUSHER_SIGNATURE_HEADER: &str = "x-pusher-signature";
+
+/// A destination's body format and signer.
+#[derive(Debug, Clone)]
+pub enum Format {
+    /// `{"time_ms","node","events"}`, `X-Ferrocast-Signature: sha256=<hex>`.
+    Ferrocast { node: String, secret: String },
+    /// `{"time_ms","events"}`, `X-Pusher-Key`, `X-Pusher-Signature: <hex>`.
+    Pusher { key: String, secret: String },
+}
+
+/// Where a sender POSTs, and how.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub url: String,
+    pub format: Format,
+}
 
 /// First retry after about this long (doubling per attempt, with jitter).
 const BACKOFF_BASE: Duration = Duration::from_millis(250);
@@ -106,12 +131,71 @@ impl EventFactory {
     }
 }
 
+/// Pusher's webhook events (`{"name", "channel", …}`, no id: Pusher's format has none).
+pub mod pusher {
+    use super::{json_str, Event};
+
+    /// `channel_occupied` / `channel_vacated`.
+    pub fn channel(name: &'static str, channel: &str) -> Event {
+        Event {
+            name,
+            json: format!("{{\"name\":\"{name}\",\"channel\":{}}}", json_str(channel)),
+        }
+    }
+
+    /// `member_added` / `member_removed`.
+    pub fn member(name: &'static str, channel: &str, user_id: &str) -> Event {
+        Event {
+            name,
+            json: format!(
+                "{{\"name\":\"{name}\",\"channel\":{},\"user_id\":{}}}",
+                json_str(channel),
+                json_str(user_id)
+            ),
+        }
+    }
+
+    /// `client_event`; `data` is the client's JSON: a string stays that string, anything else
+    /// is sent as its JSON text (Pusher's event data is a string).
+    pub fn client_event(
+        channel: &str,
+        event: &str,
+        data: &str,
+        socket_id: &str,
+        user_id: Option<&str>,
+    ) -> Event {
+        let data = if data.trim_start().starts_with('"') {
+            data.trim().to_string()
+        } else {
+            json_str(data.trim())
+        };
+        let user = user_id
+            .map(|u| format!(",\"user_id\":{}", json_str(u)))
+            .unwrap_or_default();
+        Event {
+            name: "client_event",
+            json: format!(
+                "{{\"name\":\"client_event\",\"channel\":{},\"event\":{},\"data\":{data},\"socket_id\":{}{user}}}",
+                json_str(channel),
+                json_str(event),
+                json_str(socket_id)
+            ),
+        }
+    }
+}
+
 /// The request body of a batch, stamped `time_ms` (receivers refuse stale bodies: replay).
 pub fn body(time_ms: u64, node: &str, events: &[Event]) -> String {
-    let mut out = format!(
-        "{{\"time_ms\":{time_ms},\"node\":{},\"events\":[",
-        json_str(node)
-    );
+    body_for(time_ms, &format!("\"node\":{},", json_str(node)), events)
+}
+
+/// Pusher's body: `{"time_ms": …, "events": […]}`.
+pub fn pusher_body(time_ms: u64, events: &[Event]) -> String {
+    body_for(time_ms, "", events)
+}
+
+fn body_for(time_ms: u64, extra: &str, events: &[Event]) -> String {
+    let mut out = format!("{{\"time_ms\":{time_ms},{extra}\"events\":[");
     for (i, e) in events.iter().enumerate() {
         if i > 0 {
             out.push(',');
@@ -124,10 +208,14 @@ pub fn body(time_ms: u64, node: &str, events: &[Event]) -> String {
 
 /// `sha256=<lowercase hex HMAC-SHA256(secret, body)>`.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    format!("sha256={}", hmac_hex(secret, body))
+}
+
+/// Lowercase hex HMAC-SHA256(secret, body) (`X-Pusher-Signature`).
+pub fn hmac_hex(secret: &[u8], body: &[u8]) -> String {
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let tag = ring::hmac::sign(&key, body);
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256=");
+    let mut out = String::with_capacity(64);
     for b in tag.as_ref() {
         out.push_str(&format!("{b:02x}"));
     }
@@ -163,14 +251,15 @@ impl Queue {
     }
 }
 
-/// Starts the sender task on the current runtime.
-pub fn start(config: &WebhooksConfig, node: &str) -> (Queue, Arc<InFlight>) {
+/// Starts the sender task of `target` on the current runtime (batching, retries and queue size
+/// from `config`).
+pub fn start(config: &WebhooksConfig, target: Target) -> (Queue, Arc<InFlight>) {
     let (tx, rx) = mpsc::channel(config.queue_size.max(1));
     let queue = Queue { tx };
     let in_flight = Arc::new(InFlight::default());
     tokio::spawn(run(
         config.clone(),
-        node.to_string(),
+        target,
         rx,
         queue.clone(),
         in_flight.clone(),
@@ -190,7 +279,7 @@ impl InFlight {
 
 async fn run(
     config: WebhooksConfig,
-    node: String,
+    target: Target,
     mut rx: mpsc::Receiver<Event>,
     queue: Queue,
     in_flight: Arc<InFlight>,
@@ -212,7 +301,7 @@ async fn run(
             }
         }
         queue.report();
-        deliver(&client, &config, &node, &batch).await;
+        deliver(&client, &config, &target, &batch).await;
         batch.clear();
         in_flight.0.store(false, Ordering::Relaxed);
     }
@@ -229,14 +318,14 @@ enum Failure {
 async fn deliver(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     config: &WebhooksConfig,
-    node: &str,
+    target: &Target,
     batch: &[Event],
 ) {
     let m = metrics();
     let mut attempt = 0;
     loop {
         let started = Instant::now();
-        let outcome = post(client, config, node, batch).await;
+        let outcome = post(client, config, target, batch).await;
         m.webhook_duration.observe(started.elapsed().as_secs_f64());
         let label = match &outcome {
             Ok(()) => "ok",
@@ -251,12 +340,12 @@ async fn deliver(
                 return;
             }
             Err(why) if attempt >= config.max_retries => {
-                tracing::warn!(url = %config.url, ?why, events = batch.len(), attempts = attempt + 1, "webhook failed; events dropped");
+                tracing::warn!(url = %target.url, ?why, events = batch.len(), attempts = attempt + 1, "webhook failed; events dropped");
                 count(batch, "failed");
                 return;
             }
             Err(why) => {
-                tracing::debug!(url = %config.url, ?why, attempt, "webhook failed; retrying");
+                tracing::debug!(url = %target.url, ?why, attempt, "webhook failed; retrying");
                 m.webhook_retries.inc();
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
@@ -285,15 +374,31 @@ fn backoff(attempt: u32) -> Duration {
 async fn post(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
     config: &WebhooksConfig,
-    node: &str,
+    target: &Target,
     batch: &[Event],
 ) -> Result<(), Failure> {
     // Stamped per attempt: a retry minutes later must not look like a replay.
-    let body = body(unix_ms(), node, batch);
-    let sig = signature(config.secret.as_bytes(), body.as_bytes());
-    let req = hyper::Request::post(config.url.as_str())
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .header(SIGNATURE_HEADER, sig)
+    let mut req = hyper::Request::post(target.url.as_str())
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    let body = match &target.format {
+        Format::Ferrocast { node, secret } => {
+            let body = body(unix_ms(), node, batch);
+            req = req.header(
+                SIGNATURE_HEADER,
+                signature(secret.as_bytes(), body.as_bytes()),
+            );
+            body
+        }
+        Format::Pusher { key, secret } => {
+            let body = pusher_body(unix_ms(), batch);
+            req = req.header(PUSHER_KEY_HEADER, key.as_str()).header(
+                PUSHER_SIGNATURE_HEADER,
+                hmac_hex(secret.as_bytes(), body.as_bytes()),
+            );
+            body
+        }
+    };
+    let req = req
         .header(
             hyper::header::USER_AGENT,
             concat!("ferrocast/", env!("CARGO_PKG_VERSION")),
@@ -355,6 +460,33 @@ mod tests {
             evs.iter().map(|e| e["id"].as_str().unwrap()).collect();
         assert_eq!(ids.len(), 4, "ids are unique");
         assert_eq!(body(1, "n", &[]), r#"{"time_ms":1,"node":"n","events":[]}"#);
+    }
+
+    #[test]
+    fn pusher_bodies_are_in_pushers_shape() {
+        let events = vec![
+            pusher::channel("channel_occupied", "presence-room"),
+            pusher::member("member_added", "presence-room", "u\"1"),
+            pusher::client_event("private-a", "client-x", r#"{"x":1}"#, "1.2", None),
+            pusher::client_event("presence-r", "client-y", r#""text""#, "1.3", Some("u1")),
+        ];
+        let b = pusher_body(1_764_960_000_000, &events);
+        let v: serde_json::Value = serde_json::from_str(&b).expect("valid JSON");
+        assert_eq!(
+            v,
+            serde_json::json!({"time_ms": 1_764_960_000_000u64, "events": [
+                {"name": "channel_occupied", "channel": "presence-room"},
+                {"name": "member_added", "channel": "presence-room", "user_id": "u\"1"},
+                {"name": "client_event", "channel": "private-a", "event": "client-x",
+                 "data": "{\"x\":1}", "socket_id": "1.2"},
+                {"name": "client_event", "channel": "presence-r", "event": "client-y",
+                 "data": "text", "socket_id": "1.3", "user_id": "u1"},
+            ]})
+        );
+        assert_eq!(
+            hmac_hex(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

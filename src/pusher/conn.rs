@@ -179,7 +179,7 @@ pub async fn handle(shard: &Rc<Shard>, key: usize, msg: Bytes) {
     match m.event.as_str() {
         "pusher:ping" => send(shard, key, client, br#"{"event":"pusher:pong","data":{}}"#),
         "pusher:subscribe" => match data_object::<SubscribeData>(m.data) {
-            Some(d) => subscribe(shard, key, client, app, &socket_id, d).await,
+            Some(d) => subscribe(shard, key, client, app_index, &socket_id, d).await,
             None => send(
                 shard,
                 key,
@@ -196,7 +196,10 @@ pub async fn handle(shard: &Rc<Shard>, key: usize, msg: Bytes) {
         }
         "pusher:signin" => signin(shard, key, client, app, &socket_id, m.data),
         ev if ev.starts_with("client-") => {
-            client_event(shard, key, client, app, &socket_id, ev, m.channel, m.data).await
+            client_event(
+                shard, key, client, app_index, &socket_id, ev, m.channel, m.data,
+            )
+            .await
         }
         _ => {} // unknown events are ignored, as Pusher does
     }
@@ -250,10 +253,11 @@ async fn subscribe(
     shard: &Rc<Shard>,
     key: usize,
     client: u64,
-    app: &PusherAppConfig,
+    app_index: usize,
     socket_id: &str,
     d: SubscribeData,
 ) {
+    let app = &shard.node.config.pusher.apps[app_index];
     let name = d.channel.as_str();
     let ch = match p::to_ferrocast(&app.app_id, name) {
         Ok(ch) => ch,
@@ -414,6 +418,9 @@ async fn subscribe(
                 RawValue::from_string(serde_json::to_string(&data).expect("json")).expect("json");
             let push = p::control_push(&ch, "pusher_internal:member_added", &data, Some(socket_id));
             let _ = node.broker.publish_control(&ch, push).await;
+            if let Some(events) = &node.events {
+                events.pusher_member(app_index, true, &ch, &user_id);
+            }
         }
     }
     if p::is_cache(name) {
@@ -455,11 +462,11 @@ async fn unsubscribe(shard: &Rc<Shard>, key: usize, client: u64, ch: &ChannelNam
         let mut map = shard.pusher.borrow_mut();
         map.get_mut(&key).and_then(|st| {
             let i = st.presence.iter().position(|p| &p.channel == ch)?;
-            Some(st.presence.swap_remove(i))
+            Some((st.app, st.presence.swap_remove(i)))
         })
     };
-    if let Some(pr) = left {
-        leave_presence(&shard.node, &shard.node.client_name(client), pr).await;
+    if let Some((app, pr)) = left {
+        leave_presence(&shard.node, app, &shard.node.client_name(client), pr).await;
     }
     if emptied {
         shard.node.remove_interest(ch).await;
@@ -467,7 +474,7 @@ async fn unsubscribe(shard: &Rc<Shard>, key: usize, client: u64, ch: &ChannelNam
 }
 
 /// Removes a presence entry; `member_removed` when it was the user's last.
-async fn leave_presence(node: &Node, client: &str, pr: Presence) {
+async fn leave_presence(node: &Node, app: usize, client: &str, pr: Presence) {
     let _ = node.broker.presence_remove(&pr.channel, client).await;
     let still = node
         .broker
@@ -481,6 +488,9 @@ async fn leave_presence(node: &Node, client: &str, pr: Presence) {
             RawValue::from_string(serde_json::to_string(&data).expect("json")).expect("json");
         let push = p::control_push(&pr.channel, "pusher_internal:member_removed", &data, None);
         let _ = node.broker.publish_control(&pr.channel, push).await;
+        if let Some(events) = &node.events {
+            events.pusher_member(app, false, &pr.channel, &pr.user_id);
+        }
     }
 }
 
@@ -547,12 +557,13 @@ async fn client_event(
     shard: &Rc<Shard>,
     key: usize,
     client: u64,
-    app: &PusherAppConfig,
+    app_index: usize,
     socket_id: &str,
     event: &str,
     channel: Option<String>,
     data: Option<&RawValue>,
 ) {
+    let app = &shard.node.config.pusher.apps[app_index];
     let err = |msg: &str| send(shard, key, client, &p::error(None, msg));
     if !app.enable_client_messages {
         return err("To send client events, you must enable this feature in the app's config (enable_client_messages)");
@@ -621,6 +632,18 @@ async fn client_event(
     let Some(ns) = node.namespace(&ch) else {
         return;
     };
+    let hook = node
+        .events
+        .as_ref()
+        .filter(|e| e.wants_pusher_client_events(app_index))
+        .map(|e| {
+            (
+                e.clone(),
+                ch.clone(),
+                data.get().to_string(),
+                user_id.clone(),
+            )
+        });
     let req = PublishRequest {
         channel: ch,
         data: Bytes::from(body),
@@ -635,6 +658,9 @@ async fn client_event(
         .pusher_events
         .with_label_values(&[&app.app_id, "client"])
         .inc();
+    if let Some((events, ch, data, user_id)) = hook {
+        events.pusher_client_event(app_index, &ch, event, &data, socket_id, user_id.as_deref());
+    }
 }
 
 /// A Pusher connection left its shard (`Shard::remove_connection`; its subscriptions are gone
@@ -655,7 +681,7 @@ pub async fn removed(shard: &Rc<Shard>, key: usize, client: u64) {
         .dec();
     let me = shard.node.client_name(client);
     for pr in st.presence {
-        leave_presence(&shard.node, &me, pr).await;
+        leave_presence(&shard.node, st.app, &me, pr).await;
     }
 }
 

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import crypto from 'node:crypto';
+import { createRequire } from 'node:module';
 
 export const APP = { id: '4242', key: 'test-key', secret: 'test-secret' };
 
@@ -110,3 +111,50 @@ export function once(emitter, event, ms = 5000) {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Polls `fn` until it returns something truthy (that value), or fails after `ms`. */
+export async function waitFor(fn, ms, what) {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v) return v;
+    if (Date.now() > end) throw new Error(`timeout waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+/** A pusher-js (Node build) client of `port`, authorized by `authServer`. */
+export function pusherClient(port, authServer, key = APP.key) {
+  const require = createRequire(import.meta.url);
+  const Pusher = require('pusher-js');
+  return new Pusher(key, {
+    cluster: 'local', wsHost: '127.0.0.1', wsPort: port, forceTLS: false,
+    enabledTransports: ['ws'], disableStats: true,
+    channelAuthorization: { endpoint: `${authServer.url}/auth`, transport: 'ajax' },
+    userAuthentication: { endpoint: `${authServer.url}/signin`, transport: 'ajax' },
+  });
+}
+
+/** Collects webhook requests (raw body kept for signature checks); answers 200. */
+export async function startWebhookReceiver() {
+  const requests = [];
+  const events = [];
+  const server = http.createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (d) => chunks.push(d));
+    req.on('end', () => {
+      const body = Buffer.concat(chunks).toString('utf8');
+      requests.push({ url: req.url, headers: req.headers, body });
+      try { events.push(...JSON.parse(body).events); } catch { /* counted as a request anyway */ }
+      res.end('ok');
+    });
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    requests, events,
+    find: (name, channel, userId) => events.find((e) => e.name === name && e.channel === channel
+      && (userId === undefined || e.user_id === userId)),
+    close: () => server.close(),
+  };
+}

@@ -10,10 +10,10 @@ if [[ ! -x "$bin" ]]; then
   exit 1
 fi
 export FERROCAST_BIN="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
-if [[ ! -d node_modules ]]; then
+if [[ ! -d node_modules || package-lock.json -nt node_modules/.package-lock.json ]]; then
   npm ci --no-audit --no-fund
 fi
-node --test --test-timeout=60000 ./*.test.mjs
+node --test --test-timeout=60000 --test-force-exit --test-concurrency=2 ./*.test.mjs
 venv="$repo/target/pusher-venv"
 if [[ ! -x "$venv/bin/python" ]]; then
   python3 -m venv "$venv"
