@@ -391,7 +391,7 @@ async fn a_subscribe_queued_before_the_previous_unsubscribe_keeps_the_subscripti
         channel: ch.clone(),
         data: bytes::Bytes::from(format!("{{\"n\":{n}}}")),
         info: None,
-        options: options.clone(),
+        options,
         idempotency_key: None,
     };
     broker.subscribe(&ch).await.unwrap();
