@@ -62,7 +62,7 @@ test-rust:
 ## chaos-short: the Redis Cluster chaos suite in short (master SIGKILL, SIGSTOP 6 s, all Redis down
 ##   5 s; 2 debug nodes, 60 clients; about a minute). tests/chaos.rs
 chaos-short:
-	$(CARGO) test --test chaos -- --ignored --exact chaos_short --nocapture
+	$(CARGO) test --workspace --test chaos -- --ignored --exact chaos_short --nocapture
 
 ## chaos: the full chaos suite on release nodes (every scenario, 10k clients for the node kill;
 ##   about 10 minutes); the table lands in target/chaos/results.md (docs/benchmarks.md). CHAOS_ONLY=a,b
