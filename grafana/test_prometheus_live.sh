@@ -93,6 +93,10 @@ presence = true
 join_leave = true
 history_size = 100
 history_ttl = "1h"
+[[pusher.apps]]
+app_id = "live-app"
+key = "live-app-key"
+secret = "live-app-secret"
 EOF
 check "ferrocast config check" "$BIN" config check "$TMP/ferrocast.toml"
 # FERROCAST_TEST_PANIC: debug builds panic on the message "__panic__" (the panic check below)

@@ -71,6 +71,16 @@ pub fn run(config: Config) -> Result<(), NodeError> {
         hub.set_max_backlog(config.limits.max_inbox_backlog);
         let broker = crate::broker::build(&config.broker, hub.clone()).await?;
         let mut node = Node::new(config, broker, hub.clone())?;
+        // Each Pusher app's series exist from the first scrape (0), not from its first event.
+        for app in &node.config.pusher.apps {
+            let m = crate::metrics::metrics();
+            m.pusher_connections
+                .with_label_values(&[&app.app_id])
+                .set(0);
+            for source in ["api", "client"] {
+                m.pusher_events.with_label_values(&[&app.app_id, source]);
+            }
+        }
         let events = crate::events::Events::start(&node.config, node.broker.clone(), &node.id, &node.name);
         Arc::get_mut(&mut node).expect("not shared yet").events = events;
         let cores = if node.config.listen.pin_shards {
