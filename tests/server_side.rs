@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::redis::standalone;
 use common::*;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// A token with server-side subscriptions.
 fn token_subs(user: &str, subs: &[&str]) -> String {
@@ -236,32 +236,11 @@ async fn start_backend() -> Backend {
     Backend { url, bodies }
 }
 
+/// The body of one HTTP/1.1 request.
 async fn read_body(sock: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = sock.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
-            let length = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|v| v.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            while buf.len() < end + 4 + length {
-                let n = sock.read(&mut chunk).await.ok()?;
-                if n == 0 {
-                    break;
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            return Some(buf[end + 4..].to_vec());
-        }
-    }
+    let request = read_http_request(sock).await?;
+    let (_, body) = request.split_once("\r\n\r\n")?;
+    Some(body.as_bytes().to_vec())
 }
 
 #[tokio::test]
